@@ -1,0 +1,117 @@
+"""Distances between embeddings, written with `keras.ops` only.
+
+Three distances, each in a *paired* form (row i of `x` against row i of `y`,
+shape [B]) and a *pairwise* form (every row of `x` against every row of `y`,
+shape [B, M]):
+
+- ``"squared_euclidean"``: d(x, y) = ||x - y||²
+- ``"euclidean"``:         d(x, y) = ||x - y||
+- ``"cosine"``:            d(x, y) = 1 - <x, y> / (||x|| ||y||)
+
+All of them compute in float32 (float16/bfloat16 inputs are upcast) and have
+finite gradients everywhere, identical embeddings included.
+"""
+
+from keras import ops
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+# Norms are clamped at this value before dividing (cosine) so that a zero
+# embedding gives a finite distance of 1 instead of NaN.
+_NORM_EPSILON = 1e-12
+
+
+def check_distance(distance):
+    """Return `distance` if it names a known distance, else raise ValueError."""
+    if distance not in DISTANCES:
+        raise ValueError(
+            f"Unknown distance {distance!r}: expected one of {', '.join(DISTANCES)}."
+        )
+    return distance
+
+
+def to_float32(x):
+    """Upcast half-precision (or integer) tensors to float32; keep float64."""
+    x = ops.convert_to_tensor(x)
+    if ops.dtype(x) != "float64":
+        x = ops.cast(x, "float32")
+    return x
+
+
+def safe_sqrt(squared):
+    """sqrt(s) for s >= 0 whose gradient is 0 (not inf, not NaN) at s = 0.
+
+    The "double where" trick: sqrt never sees a zero, so the backward pass
+    never evaluates 1 / (2 sqrt(0)); non-zero values are not biased at all
+    (seed 000 used sqrt(max(s, eps)), which shifts every distance below
+    sqrt(eps)).
+    """
+    positive = squared > 0
+    safe = ops.where(positive, squared, ops.ones_like(squared))
+    return ops.where(positive, ops.sqrt(safe), ops.zeros_like(squared))
+
+
+def l2_normalize(x, axis=-1):
+    """x / max(||x||, 1e-12) along `axis`."""
+    x = to_float32(x)
+    norm_sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
+    return x * ops.rsqrt(ops.maximum(norm_sq, _NORM_EPSILON**2))
+
+
+def paired_distance(x, y, distance="euclidean"):
+    """Distance between row i of `x` and row i of `y`.
+
+    Args:
+        x, y: tensors of shape [B, D].
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+    Returns:
+        float32 tensor of shape [B].
+
+    Example:
+        >>> paired_distance([[0.0, 0.0]], [[3.0, 4.0]])  # -> [5.0]
+    """
+    check_distance(distance)
+    x, y = to_float32(x), to_float32(y)
+    if distance == "cosine":
+        return 1.0 - ops.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
+    squared = ops.sum(ops.square(x - y), axis=-1)
+    if distance == "squared_euclidean":
+        return squared
+    return safe_sqrt(squared)
+
+
+def pairwise_distance(x, y=None, distance="euclidean"):
+    """Distance between every row of `x` and every row of `y` (default: `x`).
+
+    Squared euclidean is expanded as ||x||² - 2 <x, y> + ||y||², clamped at 0,
+    so memory stays O(B·M) rather than O(B·M·D). When `y` is omitted the
+    diagonal is exactly 0.
+
+    Args:
+        x: tensor [B, D].
+        y: tensor [M, D] or None (then `y = x`).
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+
+    Returns:
+        float32 tensor of shape [B, M].
+
+    Example:
+        >>> pairwise_distance([[0.0, 0.0], [3.0, 4.0]])  # -> [[0, 5], [5, 0]]
+    """
+    check_distance(distance)
+    x = to_float32(x)
+    same = y is None
+    y = x if same else to_float32(y)
+    if distance == "cosine":
+        result = 1.0 - ops.matmul(l2_normalize(x), ops.transpose(l2_normalize(y)))
+    else:
+        x_sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
+        y_sq = ops.sum(ops.square(y), axis=-1, keepdims=True)
+        result = x_sq - 2.0 * ops.matmul(x, ops.transpose(y)) + ops.transpose(y_sq)
+        result = ops.maximum(result, 0.0)
+    if same:
+        result = result * (1.0 - ops.eye(ops.shape(x)[0], dtype=result.dtype))
+    if distance == "euclidean":
+        result = safe_sqrt(result)
+    return result

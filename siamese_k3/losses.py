@@ -1,0 +1,343 @@
+"""Triplet losses: plain functions of tensors, and thin Keras `Loss` classes.
+
+Offline triplets (the seeds' setting) use `triplet_loss` on explicit
+(anchor, positive, negative) embeddings. Online mining (the TensorFlow Addons
+successors) uses `batch_all_triplet_loss`, `batch_hard_triplet_loss` and
+`semi_hard_triplet_loss` on a labelled batch of embeddings.
+
+Notation: d is the distance named by `distance` (see `siamese_k3.distances`),
+m the margin, relu(x) = max(x, 0), softplus(x) = log(1 + exp(x)).
+Every loss computes in float32, whatever the input dtype, and keeps its
+working memory O(B²) for a batch of B embeddings (no B × B × B tensor).
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from siamese_k3.distances import (
+    check_distance,
+    l2_normalize,
+    paired_distance,
+    pairwise_distance,
+    to_float32,
+)
+
+__all__ = [
+    "pairwise_distance",
+    "triplet_loss",
+    "batch_all_triplet_loss",
+    "batch_hard_triplet_loss",
+    "semi_hard_triplet_loss",
+    "fraction_positive_triplets",
+    "TripletLoss",
+    "TripletBatchAllLoss",
+    "TripletHardLoss",
+    "TripletSemiHardLoss",
+    "get",
+]
+
+
+def triplet_loss(anchor, positive, negative, margin=1.0, distance="euclidean", soft=False):
+    """Per-sample triplet loss (Schroff et al. 2015; soft margin: Hermans et al. 2017).
+
+        loss_i = relu(d(a_i, p_i) - d(a_i, n_i) + m)      (soft=False)
+        loss_i = softplus(d(a_i, p_i) - d(a_i, n_i))      (soft=True, m unused)
+
+    Args:
+        anchor, positive, negative: embeddings [B, D], any float dtype.
+        margin: m, a float.
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        soft: use the soft margin.
+
+    Returns:
+        float32 tensor [B], one loss per triplet (not reduced).
+
+    Example:
+        >>> triplet_loss([[0.0, 0.0]], [[0.0, 1.0]], [[0.0, 1.5]], margin=1.0)
+        [0.5]
+    """
+    difference = paired_distance(anchor, positive, distance) - paired_distance(
+        anchor, negative, distance
+    )
+    if soft:
+        return ops.softplus(difference)
+    return ops.relu(difference + margin)
+
+
+# --------------------------------------------------------------------------
+# Online mining
+# --------------------------------------------------------------------------
+
+
+def _batch_masks(labels, embeddings, distance, normalize):
+    """Distances [B, B] and the boolean masks of positive pairs and negatives.
+
+    positive[a, p] = label(a) == label(p) and a != p; negative[a, n] = label(a) != label(n).
+    """
+    check_distance(distance)
+    embeddings = to_float32(embeddings)
+    if normalize:
+        embeddings = l2_normalize(embeddings)
+    labels = ops.reshape(labels, (-1,))
+    distances = pairwise_distance(embeddings, distance=distance)
+    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
+    not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(labels)[0]), "bool"))
+    return distances, ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def _masked_mean(values, mask):
+    """sum(values over mask) / count(mask); 0.0 when the mask is empty."""
+    mask = ops.cast(mask, values.dtype)
+    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
+
+
+def _search_steps(length):
+    """Bisection steps that locate a position among `length` sorted entries."""
+    if length is None:  # dynamic batch size (a TensorFlow graph): enough for 2**31
+        return 31
+    return max(1, math.ceil(math.log2(length + 1)))
+
+
+def _count_sorted(sorted_rows, queries, strict):
+    """Per row b: how many entries of sorted_rows[b] are < (strict) or <= queries[b, j].
+
+    A vectorised bisection (numpy's searchsorted, one sorted row per query
+    row) in O(B·M·log N) time and O(B·M) memory; exact comparisons, so ties
+    are handled exactly. Not differentiable: it returns integer positions.
+    """
+    length = sorted_rows.shape[1]
+    steps = _search_steps(length)
+    length = ops.shape(sorted_rows)[1]
+    low = ops.zeros(ops.shape(queries), "int32")
+    high = ops.zeros(ops.shape(queries), "int32") + ops.cast(length, "int32")
+    for _ in range(steps):
+        middle = (low + high) // 2
+        probe = ops.take_along_axis(
+            sorted_rows, ops.minimum(middle, ops.cast(length - 1, "int32")), axis=1
+        )
+        below = probe < queries if strict else probe <= queries
+        open_ = low < high
+        low = ops.where(ops.logical_and(open_, below), middle + 1, low)
+        high = ops.where(ops.logical_and(open_, ops.logical_not(below)), middle, high)
+    return low
+
+
+def _sorted_negatives(distances, negative):
+    """Each anchor's negative distances in ascending order (non-negatives last).
+
+    Returns (order, sorted_values): `order[a]` are column indices sorting row a,
+    `sorted_values` the (gradient-free) distances in that order with +inf
+    where the column is not a negative of a.
+    """
+    masked = ops.where(negative, ops.stop_gradient(distances), float("inf"))
+    order = ops.argsort(masked, axis=1)
+    return order, ops.take_along_axis(masked, order, axis=1)
+
+
+def _batch_all_terms(labels, embeddings, margin, distance, normalize):
+    """(sum of triplet losses, #triplets with loss > 0, #valid triplets)."""
+    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    order, sorted_values = _sorted_negatives(distances, negative)
+    # Triplet (a, p, n) has loss > 0 iff d(a, n) < d(a, p) + m: count such n per (a, p).
+    threshold = ops.stop_gradient(distances) + margin
+    active = _count_sorted(sorted_values, threshold, strict=True)
+    # sum over those n of (d(a,p) + m - d(a,n)) = count * (d(a,p) + m) - prefix_sum(count).
+    sorted_distances = ops.take_along_axis(distances, order, axis=1)
+    sorted_distances = ops.where(ops.isfinite(sorted_values), sorted_distances, 0.0)
+    prefix = ops.cumsum(sorted_distances, axis=1)
+    taken = ops.take_along_axis(prefix, ops.maximum(active - 1, 0), axis=1)
+    taken = ops.where(active > 0, taken, 0.0)
+    active_f = ops.cast(active, "float32")
+    pair_sums = active_f * (distances + margin) - taken
+    positive_f = ops.cast(positive, "float32")
+    num_negatives = ops.sum(ops.cast(negative, "float32"), axis=1, keepdims=True)
+    return (
+        ops.sum(pair_sums * positive_f),
+        ops.sum(active_f * positive_f),
+        ops.sum(num_negatives * positive_f),
+    )
+
+
+def batch_all_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
+    """Batch-all triplet loss over every valid triplet of a labelled batch.
+
+    Valid triplets are all (a, p, n) with a != p, label(a) == label(p) != label(n).
+
+        loss = sum_valid relu(d(a, p) - d(a, n) + m) / #{valid triplets with loss > 0}
+
+    and 0.0 when no valid triplet has a positive loss (one class, all-distinct
+    labels, or everything already separated by the margin).
+
+    Args:
+        labels: integer labels, shape [B] or [B, 1].
+        embeddings: [B, D], any float dtype (computed in float32).
+        margin: m.
+        distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
+        normalize: L2-normalise the embeddings first.
+
+    Returns:
+        float32 scalar.
+    """
+    total, num_positive, _ = _batch_all_terms(labels, embeddings, margin, distance, normalize)
+    return total / ops.maximum(num_positive, 1.0)
+
+
+def fraction_positive_triplets(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
+    """#{valid triplets with relu(d(a,p) - d(a,n) + m) > 0} / #{valid triplets}; 0.0 when none are valid."""
+    _, num_positive, num_valid = _batch_all_terms(labels, embeddings, margin, distance, normalize)
+    return num_positive / ops.maximum(num_valid, 1.0)
+
+
+def batch_hard_triplet_loss(
+    labels, embeddings, margin=1.0, distance="euclidean", soft=False, normalize=False
+):
+    """Batch-hard triplet loss (Hermans, Beyer & Leibe 2017, "In Defense of the Triplet Loss").
+
+    For every anchor a with at least one positive and one negative:
+
+        hardest_pos(a) = max_{p: label(p) == label(a), p != a} d(a, p)
+        hardest_neg(a) = min_{n: label(n) != label(a)} d(a, n)
+        loss(a) = relu(hardest_pos(a) - hardest_neg(a) + m)   (soft=False)
+        loss(a) = softplus(hardest_pos(a) - hardest_neg(a))   (soft=True)
+
+    averaged over those anchors; 0.0 when there are none.
+
+    Args: as `batch_all_triplet_loss`, plus `soft` for the soft margin.
+
+    Returns:
+        float32 scalar.
+    """
+    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    # Distances are >= 0, so 0 is neutral for the max; the row max is neutral for the min.
+    hardest_positive = ops.max(ops.where(positive, distances, 0.0), axis=1)
+    row_max = ops.max(distances, axis=1, keepdims=True)
+    hardest_negative = ops.min(ops.where(negative, distances, row_max), axis=1)
+    difference = hardest_positive - hardest_negative
+    per_anchor = ops.softplus(difference) if soft else ops.relu(difference + margin)
+    valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
+    return _masked_mean(per_anchor, valid)
+
+
+def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
+    """Semi-hard triplet loss with TensorFlow Addons' semantics (Schroff et al. 2015, FaceNet).
+
+    For every positive pair (a, p), a != p, label(a) == label(p), whose anchor
+    has at least one negative:
+
+        neg(a, p) = min {d(a, n) : label(n) != label(a), d(a, n) > d(a, p)}
+                    or, if that set is empty, max {d(a, n) : label(n) != label(a)}
+        loss(a, p) = relu(d(a, p) - neg(a, p) + m)
+
+    averaged over those pairs; 0.0 when there are none.
+
+    Each anchor's negatives are sorted once and d(a, p) is located among them
+    by bisection, so memory is O(B²) (TF Addons built a B × B × B tensor).
+
+    Args: as `batch_all_triplet_loss`.
+
+    Returns:
+        float32 scalar.
+    """
+    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    order, sorted_values = _sorted_negatives(distances, negative)
+    num_negatives = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)
+    closer = _count_sorted(sorted_values, ops.stop_gradient(distances), strict=False)
+    # Position (in sorted order) of the first negative farther than the
+    # positive, else of the farthest negative.
+    position = ops.where(closer < num_negatives, closer, num_negatives - 1)
+    position = ops.maximum(position, 0)
+    chosen = ops.take_along_axis(order, position, axis=1)
+    negative_distance = ops.take_along_axis(distances, chosen, axis=1)
+    per_pair = ops.relu(distances - negative_distance + margin)
+    valid = ops.logical_and(positive, num_negatives > 0)
+    return _masked_mean(per_pair, valid)
+
+
+# --------------------------------------------------------------------------
+# Keras Loss classes: configuration only, the functions above do the work.
+# --------------------------------------------------------------------------
+
+
+class _ConfiguredLoss(keras.losses.Loss):
+    """Stores keyword options and forwards them to `self.loss_fn`."""
+
+    loss_fn = None
+
+    def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **options):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        check_distance(options["distance"])
+        self.options = options
+
+    def get_config(self):
+        return {**super().get_config(), **self.options}
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class TripletLoss(_ConfiguredLoss):
+    """`triplet_loss` for a model whose output concatenates [anchor | positive | negative].
+
+    `y_pred` has shape [B, 3·D] (seed 001's concatenated embeddings); `y_true`
+    is ignored. Returns the mean of the per-triplet losses.
+    """
+
+    def __init__(self, margin=1.0, distance="euclidean", soft=False, name="triplet_loss", **kwargs):
+        super().__init__(name=name, margin=margin, distance=distance, soft=soft, **kwargs)
+
+    def call(self, y_true, y_pred):
+        anchor, positive, negative = ops.split(y_pred, 3, axis=-1)
+        return triplet_loss(anchor, positive, negative, **self.options)
+
+
+class _MiningLoss(_ConfiguredLoss):
+    """y_true = labels [B] or [B, 1]; y_pred = embeddings [B, D]."""
+
+    def call(self, y_true, y_pred):
+        return type(self).loss_fn(y_true, y_pred, **self.options)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class TripletBatchAllLoss(_MiningLoss):
+    """Keras `Loss` for `batch_all_triplet_loss`."""
+
+    loss_fn = staticmethod(batch_all_triplet_loss)
+
+    def __init__(self, margin=1.0, distance="euclidean", normalize=False, name="triplet_batch_all_loss", **kwargs):
+        super().__init__(name=name, margin=margin, distance=distance, normalize=normalize, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class TripletHardLoss(_MiningLoss):
+    """Keras `Loss` for `batch_hard_triplet_loss` (TF Addons' `TripletHardLoss`)."""
+
+    loss_fn = staticmethod(batch_hard_triplet_loss)
+
+    def __init__(
+        self, margin=1.0, distance="euclidean", soft=False, normalize=False, name="triplet_hard_loss", **kwargs
+    ):
+        super().__init__(name=name, margin=margin, distance=distance, soft=soft, normalize=normalize, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class TripletSemiHardLoss(_MiningLoss):
+    """Keras `Loss` for `semi_hard_triplet_loss` (TF Addons' `TripletSemiHardLoss`)."""
+
+    loss_fn = staticmethod(semi_hard_triplet_loss)
+
+    def __init__(self, margin=1.0, distance="euclidean", normalize=False, name="triplet_semi_hard_loss", **kwargs):
+        super().__init__(name=name, margin=margin, distance=distance, normalize=normalize, **kwargs)
+
+
+MINING_LOSSES = {
+    "semi_hard": TripletSemiHardLoss,
+    "batch_hard": TripletHardLoss,
+    "batch_all": TripletBatchAllLoss,
+}
+
+
+def get(name, **options):
+    """A mining loss by short name (``semi_hard``, ``batch_hard``, ``batch_all``)."""
+    if name not in MINING_LOSSES:
+        raise ValueError(f"Unknown mining loss {name!r}: expected one of {', '.join(MINING_LOSSES)}.")
+    return MINING_LOSSES[name](**options)
