@@ -1,0 +1,1 @@
+"""Data: loaders, triplet and pair builders, samplers (numpy and keras.utils.PyDataset only)."""

@@ -1,0 +1,5 @@
+"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+
+
+class SiameseK3Error(Exception):
+    """Bad input a user can fix (a missing file, a wrong argument); the message says how."""
