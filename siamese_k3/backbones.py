@@ -5,8 +5,13 @@
 which is the default here (``rescale=None``).
 """
 
+import os
+import warnings
+
 import keras
-from keras import layers
+from keras import layers, ops
+
+from siamese_k3.errors import SiameseK3Error
 
 
 def _input(input_shape, rescale, name):
@@ -70,11 +75,149 @@ def small_cnn(
     return keras.Model(inputs, x, name=name)
 
 
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class CaffePreprocessing(layers.Layer):
+    """`keras.applications.resnet.preprocess_input` as a layer: RGB → BGR, minus the
+    ImageNet channel means (103.939, 116.779, 123.68 in BGR order), no scaling.
+
+    Raw 0-255 RGB images go in. Built from keras.ops only, so a model holding it
+    saves to ``.keras`` and loads on any backend (a `Lambda` would not).
+    """
+
+    MEAN_BGR = (103.939, 116.779, 123.68)
+
+    def __init__(self, data_format=None, **kwargs):
+        super().__init__(**kwargs)
+        self.data_format = data_format or keras.config.image_data_format()
+        if self.data_format not in ("channels_last", "channels_first"):
+            raise ValueError(
+                f"data_format must be channels_last or channels_first; got {data_format!r}."
+            )
+
+    def call(self, images):
+        axis = -1 if self.data_format == "channels_last" else -3
+        mean_shape = (3,) if axis == -1 else (3, 1, 1)
+        mean = ops.reshape(ops.convert_to_tensor(self.MEAN_BGR, self.compute_dtype), mean_shape)
+        return ops.flip(ops.cast(images, self.compute_dtype), axis=axis) - mean
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "data_format": self.data_format}
+
+
+def _resnet50_base(input_shape, weights):
+    """`keras.applications.ResNet50` without its top; `weights` None, "imagenet" or a file."""
+    from_file = weights not in (None, "imagenet")
+    if from_file and not os.path.isfile(os.fspath(weights)):
+        raise SiameseK3Error(
+            f"ResNet50 weights file not found: {weights}. Pass weights=None (random), "
+            '"imagenet" (downloads, needs internet) or the path of a ResNet50 '
+            "include_top=False weights file (.weights.h5, or the legacy "
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5)."
+        )
+    try:
+        base = keras.applications.ResNet50(
+            include_top=False,
+            weights=None if from_file else weights,
+            input_shape=tuple(input_shape),
+        )
+    except ValueError as error:  # e.g. an input smaller than 32×32
+        raise SiameseK3Error(
+            f"Cannot build ResNet50 for input_shape={input_shape}: {error}"
+        ) from error
+    except Exception as error:  # noqa: BLE001 - the ImageNet download failed
+        if weights != "imagenet":
+            raise
+        raise SiameseK3Error(
+            f'weights="imagenet" could not be downloaded ({error}). Offline, copy '
+            "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5 (keras-applications "
+            "release) to this machine and pass its path as weights=PATH."
+        ) from error
+    if from_file:
+        # Keras warns once per unmatched layer before it raises: keep the warnings
+        # only when the load succeeds.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                base.load_weights(os.fspath(weights))
+            except (ValueError, OSError, KeyError) as error:
+                reason = str(error).strip().splitlines()[0][:300]
+                raise SiameseK3Error(
+                    f"Cannot load ResNet50 weights from {weights}: {reason} The file must hold "
+                    "the weights of keras.applications.ResNet50(include_top=False) "
+                    "(.weights.h5, .keras or legacy .h5)."
+                ) from error
+        for warning in caught:
+            warnings.warn_explicit(
+                warning.message, warning.category, warning.filename, warning.lineno
+            )
+    return base
+
+
+def resnet50_embedding(
+    input_shape=(200, 200, 3),
+    weights=None,
+    trainable_from="conv5_block1_out",
+    embedding_dim=256,
+    name="resnet50_embedding",
+):
+    """Seeds 003/004: a ResNet50 fine-tuned from `trainable_from`, with a dense head.
+
+    Raw 0-255 RGB images → `CaffePreprocessing` (= `keras.applications.resnet.
+    preprocess_input`) → ResNet50 without top (the nested layer ``"resnet50"``) →
+    Flatten → Dense(512, relu) → BatchNorm → Dense(256, relu) → BatchNorm →
+    Dense(embedding_dim).
+
+    Freezing as in the seeds: the ResNet layers before the one named
+    `trainable_from` are frozen (their BatchNorm layers then run in inference
+    mode), that layer and all after it train. ``trainable_from=None`` trains the
+    whole ResNet. The head always trains.
+
+    Args:
+        input_shape: (H, W, 3), H and W at least 32 (the seeds use 200×200).
+        weights: None (random init), "imagenet" (downloaded by Keras; needs
+            internet), or the path of a weights file of
+            ``keras.applications.ResNet50(include_top=False)``: a ``.weights.h5``
+            saved from ``model.get_layer("resnet50")``, or the legacy
+            ``resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5`` copied from a
+            machine with internet.
+        trainable_from: name of the first ResNet layer to train (see
+            ``model.get_layer("resnet50").summary()``), or None.
+        embedding_dim: size of the embedding.
+    """
+    base = _resnet50_base(input_shape, weights)
+    if trainable_from is not None:
+        names = [layer.name for layer in base.layers]
+        if trainable_from not in names:
+            raise SiameseK3Error(
+                f"trainable_from={trainable_from!r} is not a ResNet50 layer; use a layer name "
+                'such as "conv5_block1_out" or "conv4_block1_out" (or None to train it all).'
+            )
+        trainable = False
+        for layer in base.layers:
+            if layer.name == trainable_from:
+                trainable = True
+            layer.trainable = trainable
+    inputs, x = _input(input_shape, None, "image")
+    x = CaffePreprocessing(name="resnet_preprocessing")(x)
+    x = base(x)
+    x = layers.Flatten()(x)
+    x = layers.Dense(512, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dense(256, activation="relu")(x)
+    x = layers.BatchNormalization()(x)
+    x = layers.Dense(embedding_dim)(x)
+    return keras.Model(inputs, x, name=name)
+
+
 BACKBONES = {
     "fashion_mnist_dense": fashion_mnist_dense,
     "mnist_dense": mnist_dense,
     "mnist_siamese_dense": mnist_siamese_dense,
     "small_cnn": small_cnn,
+    "resnet50": resnet50_embedding,
 }
 
 
