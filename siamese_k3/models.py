@@ -1,6 +1,7 @@
 """The shared-backbone Siamese model, trained with a triplet loss on any backend."""
 
 import keras
+import numpy as np
 from keras import ops
 
 from siamese_k3.distances import check_distance
@@ -23,6 +24,17 @@ def split_triplet(inputs):
         f"batches or a dict with those keys; got {type(inputs).__name__}"
         + (f" of length {len(inputs)}." if isinstance(inputs, (tuple, list)) else ".")
     )
+
+
+def _carrier_targets(x, y, sample_weight):
+    """Dummy targets for in-memory triplets given with sample_weight but no y.
+
+    Keras drops `sample_weight` without a word when `y` is None
+    (`pack_x_y_sample_weight`); zeros, which `compute_loss` ignores, carry it.
+    """
+    if y is None and sample_weight is not None and isinstance(x, (tuple, list, dict)):
+        return np.zeros(np.shape(sample_weight)[:1], "float32")
+    return y
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
@@ -97,14 +109,63 @@ class SiameseModel(keras.Model):
             loss = loss + ops.cast(ops.sum(extra), loss.dtype)
         return loss
 
-    def compile(self, optimizer="adam", **kwargs):
-        """`keras.Model.compile` with Adam as the default optimizer; the loss is built in."""
+    def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
+        y = _carrier_targets(x, y, sample_weight)
+        return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
+        y = _carrier_targets(x, y, sample_weight)
+        return super().evaluate(x, y, *args, sample_weight=sample_weight, **kwargs)
+
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+        """`keras.Model.compile` with Adam and the backend's fastest settings as defaults.
+
+        The loss is built in (set margin/distance/soft on the model). Left as
+        None, `steps_per_execution` and `jit_compile` take the values measured
+        fastest on each backend (benchmarks/RESULTS.md):
+
+        - jax: ``steps_per_execution=32``, ``jit_compile="auto"`` (XLA);
+        - tensorflow: ``steps_per_execution=32``, ``jit_compile=True`` (XLA,
+          also on CPU, where keras' ``"auto"`` leaves it off) unless a layer
+          does not support XLA;
+        - torch: keras' defaults, ``steps_per_execution=1`` (the only value
+          keras supports on torch) and eager execution: ``torch.compile``
+          (``jit_compile=True``) costs 10-20 s per model and fails on some
+          backbones (keras 3.15, torch 2.13), so it stays opt-in.
+
+        With ``run_eagerly=True`` both keep keras' defaults. Any value passed
+        explicitly, ``"auto"`` included, is used as is.
+
+        With ``steps_per_execution=N > 1`` keras runs N batches per call:
+        batch-level callbacks (``on_train_batch_begin/end`` and the test and
+        predict ones) and the progress bar run once every N batches instead of
+        after each; epoch-level callbacks are unaffected. Pass
+        ``steps_per_execution=1`` when a callback must see every batch.
+        """
         if kwargs.get("loss") is not None:
             raise ValueError(
                 "SiameseModel computes its own triplet loss: set margin/distance/soft "
                 "on the model instead of passing loss= to compile()."
             )
-        super().compile(optimizer=optimizer, **kwargs)
+        backend = keras.backend.backend()
+        eager = bool(kwargs.get("run_eagerly"))
+        if steps_per_execution is None:
+            # Amortises fit()'s per-step host work (callback dispatch, state
+            # bookkeeping, one tf.function call per batch) over 32 batches.
+            steps_per_execution = 1 if eager or backend == "torch" else 32
+        if jit_compile is None:
+            jit_compile = "auto"
+            # Not for a layer without XLA support: keras would warn and fall back.
+            if backend == "tensorflow" and not eager and all(
+                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
+            ):
+                jit_compile = True
+        super().compile(
+            optimizer=optimizer,
+            steps_per_execution=steps_per_execution,
+            jit_compile=jit_compile,
+            **kwargs,
+        )
 
     def get_config(self):
         return {

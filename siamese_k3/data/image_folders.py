@@ -28,8 +28,8 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 _TRAINING_STREAM, _EVALUATION_STREAM = 0, 1
 
 
-def load_image(path, target_shape=(200, 200)):
-    """One image file as a float32 array [H, W, 3] of raw 0-255 RGB pixels.
+def load_image(path, target_shape=(200, 200), grayscale=False):
+    """One image file as a float32 array [H, W, 3] of raw 0-255 RGB pixels ([H, W] if grayscale).
 
     Grey, palette and RGBA images are converted to RGB (alpha dropped). The image
     is resized (bilinear, aspect ratio not kept) to `target_shape` = (height, width);
@@ -40,7 +40,7 @@ def load_image(path, target_shape=(200, 200)):
         raise SiameseK3Error(f"Image file not found: {path}.")
     try:
         with Image.open(path) as image:
-            image = image.convert("RGB")
+            image = image.convert("L" if grayscale else "RGB")
             if target_shape is not None:
                 height, width = _check_target_shape(target_shape)
                 if image.size != (width, height):

@@ -1,0 +1,1 @@
+"""Benchmarks of siamese_k3 against native training loops (see benchmarks/README.md)."""

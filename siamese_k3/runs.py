@@ -1,0 +1,402 @@
+"""What the `siamese-k3` commands do: train, evaluate, embed, similarity.
+
+Imported by `siamese_k3.cli` only after KERAS_BACKEND is set. A run folder holds:
+config.json, embedding.keras (raw image in, embedding out), model.keras (the
+trained model with its optimizer), history.json, metrics.json, *.png plots and
+backup/ (the per-epoch checkpoint, removed once the run has finished).
+"""
+
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+
+import keras
+import numpy as np
+
+from siamese_k3 import backbones, evaluation, losses, plots, precision
+from siamese_k3.data import (
+    CLASS_NAMES,
+    ClassBalancedBatches,
+    PairedImageFolders,
+    TripletBatches,
+    load_dataset,
+    load_image,
+    offline_triplet_indices,
+    take,
+    verification_pair_indices,
+)
+from siamese_k3.data.image_folders import find_pairs, split_pair_names
+from siamese_k3.errors import SiameseK3Error
+from siamese_k3.models import SiameseModel
+
+RUN_FILES = (
+    "config.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
+    "loss.png", "distances.png", "triplets.png", "embeddings_pca.png",
+)
+VALIDATION_STEPS = 10
+
+
+# --------------------------------------------------------------------------
+# train
+# --------------------------------------------------------------------------
+
+
+def train(args):
+    from siamese_k3.cli import LABELLED_DEFAULTS, PAIRS_DEFAULTS
+
+    pairs_dir = args.dataset[len("pairs:"):] if args.dataset.startswith("pairs:") else None
+    defaults = PAIRS_DEFAULTS if pairs_dir else LABELLED_DEFAULTS
+    config = {key: getattr(args, key, None) for key in vars(args)}
+    config.pop("command", None)
+    for key, value in defaults.items():
+        if config.get(key) is None:
+            config[key] = value
+    if config["loss"] != "triplet" and pairs_dir:
+        raise SiameseK3Error(
+            f"--loss {config['loss']} needs class labels; a pairs:DIR dataset has none: use --loss triplet."
+        )
+    config["backend"] = keras.backend.backend()
+    out = config["out"] = config["out"] or os.path.join("runs", pairs_dir and "pairs" or args.dataset)
+    resuming = _prepare_run_folder(out, config, args.overwrite)
+    keras.utils.set_random_seed(config["seed"])
+    precision.set_precision(config["mixed_precision"])
+    try:
+        if pairs_dir:
+            data = _pairs_data(pairs_dir, config)
+        else:
+            data = _labelled_data(config)
+        _write_json(os.path.join(out, "config.json"), config)
+        model, embedding_model, history, seconds = _fit(data, config, out, resuming)
+    finally:
+        precision.set_precision(None)
+    embedding_model.save(os.path.join(out, "embedding.keras"))
+    model.save(os.path.join(out, "model.keras"))
+    _write_json(os.path.join(out, "history.json"), history)
+    plots.plot_history(history, os.path.join(out, "loss.png"))
+    metrics = _evaluate(config, embedding_model, data)
+    metrics["train_seconds"] = round(seconds, 1)
+    _write_json(os.path.join(out, "metrics.json"), metrics)
+    shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    _print_table(metrics, out)
+
+
+def _prepare_run_folder(out, config, overwrite):
+    """Create `out`; refuse a finished run unless overwrite; True when resuming a killed run."""
+    config_path = os.path.join(out, "config.json")
+    if os.path.exists(os.path.join(out, "metrics.json")) and not overwrite:
+        raise SiameseK3Error(
+            f"{out} holds a finished run: pass --overwrite to replace it, or choose another --out."
+        )
+    if overwrite:
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(out, name)):
+                os.remove(os.path.join(out, name))
+        shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
+    resuming = os.path.isdir(os.path.join(out, "backup"))
+    if resuming:
+        with open(config_path) as handle:
+            previous = json.load(handle)
+        ignored = {"overwrite", "quiet", "backend"}
+        changed = sorted(
+            key for key in config if key not in ignored and previous.get(key) != config[key]
+        )
+        if changed:
+            raise SiameseK3Error(
+                f"{out} holds an unfinished run with other options ({', '.join(changed)}): "
+                "rerun with the same options to resume it, or pass --overwrite to start over."
+            )
+        print(f"Resuming the unfinished run in {out}")
+    os.makedirs(out, exist_ok=True)
+    _write_json(config_path, config)
+    return resuming
+
+
+def _labelled_data(config):
+    (x_train, y_train), (x_test, y_test) = load_dataset(config["dataset"], data_dir=config["data_dir"])
+    config["input_shape"] = list(x_train.shape[1:])
+    config["class_names"] = CLASS_NAMES.get(config["dataset"].replace("-", "_"))
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _pairs_data(directory, config):
+    size = config["image_size"]
+    options = dict(
+        target_shape=(size, size), batch_size=config["batch_size"], seed=config["seed"],
+        validation_split=config["validation_split"], skip_unpaired=config["skip_unpaired"],
+    )
+    config["input_shape"] = [size, size, 3]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = PairedImageFolders(directory, subset="training", **options)
+        # Validation batches may be smaller than training ones: a batch needs one spare pair for negatives.
+        names = find_pairs(directory, skip_unpaired=config["skip_unpaired"], verify=False)
+        held_out = len(split_pair_names(names, config["validation_split"], "validation", config["seed"]))
+        if held_out < 2:
+            raise SiameseK3Error(
+                f"--validation-split {config['validation_split']} holds out {held_out} pair of "
+                f"{len(names)} in {directory}: validation needs at least 2; raise --validation-split or add pairs."
+            )
+        options["batch_size"] = min(config["batch_size"], held_out - 1)
+        validation = PairedImageFolders(directory, subset="validation", shuffle=False, **options)
+        data = {"train": train, "validation": validation}
+    for message in dict.fromkeys(str(warning.message) for warning in caught):
+        print(f"siamese-k3: warning: {message}", file=sys.stderr)
+    return data
+
+
+def build_backbone(config):
+    """The backbone named in config, with the arguments it takes (pixels 0-255 in)."""
+    if config["backbone"] not in backbones.BACKBONES:
+        raise SiameseK3Error(
+            f"--backbone {config['backbone']!r} is unknown: choose one of "
+            f"{', '.join(sorted(backbones.BACKBONES))}."
+        )
+    factory = backbones.BACKBONES[config["backbone"]]
+    wanted = {
+        "input_shape": tuple(config["input_shape"]),
+        "embedding_dim": config["embedding_dim"],
+        "rescale": 1.0 / 255.0,
+        "normalize": True,
+        "weights": config.get("weights"),
+    }
+    accepted = inspect.signature(factory).parameters
+    return factory(**{key: value for key, value in wanted.items() if key in accepted})
+
+
+def _fit(data, config, out, resuming):
+    backbone = build_backbone(config)
+    labelled = "x_train" in data
+    batch_size = config["batch_size"]
+    if config["loss"] == "triplet":
+        model = SiameseModel(backbone, margin=config["margin"], distance=config["distance"])
+        if labelled:
+            train_data = TripletBatches(data["x_train"], data["y_train"], batch_size, seed=config["seed"])
+            validation = TripletBatches(
+                data["x_test"], data["y_test"], batch_size, steps_per_epoch=VALIDATION_STEPS,
+                seed=config["seed"] + 1,
+            )
+        else:
+            train_data, validation = data["train"], data["validation"]
+        compile_options = {}
+    else:
+        per_class = batch_size // config["classes_per_batch"]
+        if per_class < 2:
+            raise SiameseK3Error(
+                f"--batch-size {batch_size} with --classes-per-batch {config['classes_per_batch']} "
+                "leaves fewer than 2 samples per class: raise --batch-size or lower --classes-per-batch."
+            )
+        sampler = dict(classes_per_batch=config["classes_per_batch"], samples_per_class=per_class)
+        train_data = ClassBalancedBatches(data["x_train"], data["y_train"], seed=config["seed"], **sampler)
+        validation = ClassBalancedBatches(
+            data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config["seed"] + 1,
+            **sampler,
+        )
+        model = backbone
+        compile_options = {"loss": losses.get(config["loss"], margin=config["margin"], distance=config["distance"])}
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config["learning_rate"], decay_steps=max(1, config["epochs"] * len(train_data))
+    )
+    optimizer = precision.wrap_optimizer(keras.optimizers.Adam(schedule), config["mixed_precision"])
+    model.compile(optimizer=optimizer, **compile_options)
+    if not model.built:  # BackupAndRestore restores weights into a built model only
+        model(tuple(part[:1] for part in train_data[0][0]))
+    backup = os.path.join(out, "backup")
+    epoch_log = EpochLog(os.path.join(backup, "epochs.json"))
+    # The log first: a run killed between the two redoes that epoch and overwrites its entry.
+    callbacks = [epoch_log, keras.callbacks.BackupAndRestore(backup)]
+    started = time.perf_counter()
+    model.fit(
+        train_data, validation_data=validation, epochs=config["epochs"], callbacks=callbacks,
+        verbose=0 if config["quiet"] else 1,
+    )
+    seconds = time.perf_counter() - started + epoch_log.previous_seconds
+    return model, backbone, epoch_log.history(), seconds
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Per-epoch logs kept on disk beside the checkpoint, so a resumed run's history is whole.
+
+    `fit`'s own History starts empty on resume; this file holds every finished
+    epoch's metrics and the training seconds spent so far.
+    """
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+        self.epochs = {}
+        if os.path.isfile(path):
+            with open(path) as handle:
+                self.epochs = {int(key): value for key, value in json.load(handle).items()}
+        self.previous_seconds = sum(entry.get("seconds", 0.0) for entry in self.epochs.values())
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {key: float(value) for key, value in (logs or {}).items()}
+        entry["seconds"] = time.perf_counter() - self._started
+        self.epochs = {key: value for key, value in self.epochs.items() if key < epoch}
+        self.epochs[epoch] = entry
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        _write_json(self.path, self.epochs)
+
+    def history(self):
+        """{metric: [value per epoch]} over all epochs, as `History.history`."""
+        ordered = [self.epochs[epoch] for epoch in sorted(self.epochs)]
+        keys = [key for key in ordered[0] if key != "seconds"] if ordered else []
+        return {key: [entry.get(key, float("nan")) for entry in ordered] for key in keys}
+
+
+# --------------------------------------------------------------------------
+# evaluate
+# --------------------------------------------------------------------------
+
+
+def evaluate(args):
+    config = _read_config(args.run)
+    embedding_model = _load_embedding_model(args.run)
+    if config["dataset"].startswith("pairs:"):
+        data = _pairs_data(config["dataset"][len("pairs:"):], config)
+    else:
+        data = _labelled_data(config)
+    metrics = _evaluate(config, embedding_model, data)
+    previous = os.path.join(args.run, "metrics.json")
+    if os.path.exists(previous):
+        with open(previous) as handle:
+            metrics["train_seconds"] = json.load(handle).get("train_seconds")
+    _write_json(previous, metrics)
+    _print_table(metrics, args.run)
+
+
+def _evaluate(config, embedding_model, data):
+    """Metrics of a trained embedding model; also writes the evaluation plots."""
+    out, distance = config["out"], config["distance"]
+    if "validation" in data:
+        return _evaluate_pairs(config, embedding_model, data["validation"])
+    images, labels = data["x_test"], data["y_test"]
+    embeddings = embedding_model.predict(images, batch_size=512, verbose=0)
+    metrics = evaluation.retrieval_metrics(embeddings, labels, distance=distance)
+    pairs, is_same = verification_pair_indices(labels, seed=config["seed"])
+    is_same = np.asarray(is_same).astype(bool)
+    distances = evaluation.paired_distances(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], distance)
+    metrics["verification"] = evaluation.verification_metrics(distances, is_same)
+    metrics["raw_pixel_baseline"] = evaluation.raw_pixel_baseline(images, labels)
+    metrics["backend"] = keras.backend.backend()
+    plots.plot_distance_boxplot(distances[is_same], distances[~is_same], os.path.join(out, "distances.png"))
+    triplets = offline_triplet_indices(labels, seed=config["seed"])[::997][:5]
+    plots.plot_triplets(*take(images, triplets), os.path.join(out, "triplets.png"))
+    plots.plot_embeddings_2d(
+        embeddings, labels, os.path.join(out, "embeddings_pca.png"), class_names=config.get("class_names")
+    )
+    return metrics
+
+
+def _evaluate_pairs(config, embedding_model, validation):
+    """Seeds 003/004: positive vs negative distances and cosine similarities on held-out pairs."""
+    anchor, positive, negative = validation.triplet_arrays()
+    predict = lambda images: embedding_model.predict(images, batch_size=32, verbose=0)  # noqa: E731
+    anchor_e, positive_e, negative_e = predict(anchor), predict(positive), predict(negative)
+    distance = config["distance"]
+    positive_d = evaluation.paired_distances(anchor_e, positive_e, distance)
+    negative_d = evaluation.paired_distances(anchor_e, negative_e, distance)
+    is_same = np.concatenate([np.ones_like(positive_d, bool), np.zeros_like(negative_d, bool)])
+    metrics = evaluation.verification_metrics(np.concatenate([positive_d, negative_d]), is_same)
+    cosine = lambda x, y: 1.0 - evaluation.paired_distances(x, y, "cosine")  # noqa: E731
+    metrics["mean_cosine_similarity_anchor_positive"] = float(np.mean(cosine(anchor_e, positive_e)))
+    metrics["mean_cosine_similarity_anchor_negative"] = float(np.mean(cosine(anchor_e, negative_e)))
+    metrics["num_validation_pairs"] = int(len(anchor))
+    metrics["backend"] = keras.backend.backend()
+    out = config["out"]
+    plots.plot_distance_boxplot(positive_d, negative_d, os.path.join(out, "distances.png"))
+    plots.plot_triplets(anchor, positive, negative, os.path.join(out, "triplets.png"))
+    return metrics
+
+
+# --------------------------------------------------------------------------
+# embed, similarity
+# --------------------------------------------------------------------------
+
+
+def embed(args):
+    config = _read_config(args.run)
+    embeddings = _embed_files(args.run, config, args.images)
+    np.save(args.output, embeddings)
+    print(f"Wrote {embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} to {args.output}")
+
+
+def similarity(args):
+    config = _read_config(args.run)
+    first, second = _embed_files(args.run, config, [args.image1, args.image2])
+    distance = float(evaluation.paired_distances(first[None], second[None], config["distance"])[0])
+    cosine = 1.0 - float(evaluation.paired_distances(first[None], second[None], "cosine")[0])
+    print(f"{config['distance']} distance: {distance:.6f}")
+    print(f"cosine similarity: {cosine:.6f}")
+
+
+def _embed_files(run, config, paths):
+    input_shape = config["input_shape"]
+    grayscale = len(input_shape) == 2
+    images = np.stack([load_image(path, tuple(input_shape[:2]), grayscale=grayscale) for path in paths])
+    return _load_embedding_model(run).predict(images, verbose=0)
+
+
+# --------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------
+
+
+def _read_config(run):
+    path = os.path.join(run, "config.json")
+    if not os.path.isfile(path):
+        raise SiameseK3Error(f"{run} is not a run folder (no config.json): give a folder written by `siamese-k3 train`.")
+    with open(path) as handle:
+        config = json.load(handle)
+    config["out"] = run
+    return config
+
+
+def _load_embedding_model(run):
+    path = os.path.join(run, "embedding.keras")
+    if not os.path.isfile(path):
+        raise SiameseK3Error(f"{path} is missing: the run did not finish; train it again with the same --out.")
+    return keras.models.load_model(path)
+
+
+def _write_json(path, value):
+    with open(path, "w") as handle:
+        json.dump(value, handle, indent=2, default=_json_default)
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _print_table(metrics, out):
+    rows = []
+    if "map_at_r" in metrics:
+        baseline = metrics["raw_pixel_baseline"]
+        rows.append(("metric", "model", "raw pixels"))
+        for key in ("precision_at_1", "r_precision", "map_at_r", "recall_at_5", "recall_at_10"):
+            rows.append((key, f"{metrics[key]:.4f}", f"{baseline[key]:.4f}"))
+        verification = metrics["verification"]
+    else:
+        rows.append(("metric", "model", ""))
+        verification = metrics
+        for key in ("mean_cosine_similarity_anchor_positive", "mean_cosine_similarity_anchor_negative"):
+            rows.append((key, f"{metrics[key]:.4f}", ""))
+    rows.append(("pair best_accuracy", f"{verification['best_accuracy']:.4f}", ""))
+    rows.append(("pair roc_auc", f"{verification['roc_auc']:.4f}", ""))
+    if metrics.get("train_seconds") is not None:
+        rows.append(("train seconds", f"{metrics['train_seconds']:.0f}", ""))
+    width = max(len(row[0]) for row in rows)
+    for name, model_value, baseline_value in rows:
+        print(f"{name:<{width}}  {model_value:>8}  {baseline_value:>10}")
+    print(f"Run folder: {out}")

@@ -1,0 +1,321 @@
+"""siamese_k3.cli and siamese_k3.runs: short end-to-end runs, the run folder, one-line errors."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from siamese_k3 import cli
+from siamese_k3.data import write_idx
+from siamese_k3.data.datasets import IDX_FILES
+from siamese_k3.evaluation import retrieval_metrics
+
+from paired_folders import make_paired_folders
+
+TINY = ["--epochs", "2", "--batch-size", "32", "--classes-per-batch", "4", "--embedding-dim", "8", "--quiet"]
+
+
+def write_clustered_idx(directory, train=240, test=120, seed=0):
+    """A 10-class toy Fashion-MNIST: each class a fixed random 28×28 pattern plus noise."""
+    rng = np.random.default_rng(seed)
+    prototypes = rng.integers(0, 256, (10, 28, 28))
+    arrays = {}
+    for split, count in (("train", train), ("test", test)):
+        labels = np.arange(count) % 10
+        images = np.clip(prototypes[labels] + rng.normal(0, 60, (count, 28, 28)), 0, 255)
+        arrays[f"x_{split}"] = images.astype(np.uint8)
+        arrays[f"y_{split}"] = labels.astype(np.uint8)
+    os.makedirs(directory, exist_ok=True)
+    for key, stem in IDX_FILES.items():
+        write_idx(os.path.join(directory, stem + ".gz"), arrays[key])
+    return arrays
+
+
+@pytest.fixture(scope="module")
+def labelled_run(tmp_path_factory):
+    """One finished 2-epoch Fashion-MNIST-layout run on toy data, shared by several tests."""
+    root = tmp_path_factory.mktemp("cli")
+    arrays = write_clustered_idx(root / "data")
+    out = root / "run"
+    code = cli.main(["train", "--data-dir", str(root / "data"), "--out", str(out), "--seed", "3", *TINY])
+    assert code == 0
+    return root, out, arrays
+
+
+def read_json(path):
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def test_train_writes_the_whole_run_folder(labelled_run, capsys):
+    _, out, _ = labelled_run
+    for name in cli_run_files():
+        assert (out / name).is_file(), name
+    assert not (out / "backup").exists()
+    config = read_json(out / "config.json")
+    assert config["backend"] == keras.backend.backend()
+    assert config["input_shape"] == [28, 28]
+    assert config["loss"] == cli.LABELLED_DEFAULTS["loss"]
+    history = read_json(out / "history.json")
+    assert len(history["loss"]) == len(history["val_loss"]) == 2
+    assert all(np.isfinite(history["loss"]))
+
+
+def cli_run_files():
+    from siamese_k3.runs import RUN_FILES
+
+    return RUN_FILES
+
+
+def test_metrics_match_an_independent_recomputation(labelled_run):
+    """metrics.json holds what the saved embedding model gives on the test split."""
+    _, out, arrays = labelled_run
+    metrics = read_json(out / "metrics.json")
+    embedding_model = keras.models.load_model(out / "embedding.keras")
+    embeddings = np.asarray(embedding_model.predict(arrays["x_test"], verbose=0), np.float64)
+    # Brute-force precision@1 (query excluded) from plain numpy distances.
+    squared = ((embeddings[:, None, :] - embeddings[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(squared, np.inf)
+    nearest = arrays["y_test"][np.argmin(squared, axis=1)]
+    assert metrics["precision_at_1"] == pytest.approx(np.mean(nearest == arrays["y_test"]), abs=1e-6)
+    assert metrics["map_at_r"] == pytest.approx(
+        retrieval_metrics(embeddings, arrays["y_test"])["map_at_r"], abs=1e-5
+    )
+    # The embedding model takes raw 0-255 pixels and is trained: better than chance on 10 classes.
+    assert metrics["precision_at_1"] > 0.5
+    assert set(metrics["raw_pixel_baseline"]) >= {"precision_at_1", "map_at_r"}
+    assert 0.0 <= metrics["verification"]["roc_auc"] <= 1.0
+
+
+def test_train_prints_a_metrics_table(tmp_path, capsys):
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                     "--epochs", "1", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "precision_at_1" in printed and "map_at_r" in printed and "raw pixels" in printed
+
+
+def test_finished_run_is_not_overwritten(labelled_run, capsys):
+    root, out, _ = labelled_run
+    before = (out / "metrics.json").read_bytes()
+    code = cli.main(["train", "--data-dir", str(root / "data"), "--out", str(out), *TINY])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert "finished run" in error and "--overwrite" in error and "Traceback" not in error
+    assert (out / "metrics.json").read_bytes() == before
+
+
+def test_evaluate_recomputes_the_same_metrics(labelled_run, capsys):
+    _, out, _ = labelled_run
+    before = read_json(out / "metrics.json")
+    assert cli.main(["evaluate", str(out)]) == 0
+    after = read_json(out / "metrics.json")
+    for key in ("precision_at_1", "r_precision", "map_at_r"):
+        assert after[key] == pytest.approx(before[key], abs=1e-6)
+    assert "precision_at_1" in capsys.readouterr().out
+
+
+def test_embed_and_similarity_on_image_files(labelled_run, tmp_path, capsys):
+    _, out, arrays = labelled_run
+    paths = []
+    for index in range(3):
+        path = tmp_path / f"item{index}.png"
+        Image.fromarray(arrays["x_test"][index]).save(path)
+        paths.append(str(path))
+    target = tmp_path / "e.npy"
+    assert cli.main(["embed", str(out), "--images", *paths, "--output", str(target)]) == 0
+    embeddings = np.load(target)
+    expected = keras.models.load_model(out / "embedding.keras").predict(arrays["x_test"][:3], verbose=0)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+
+    capsys.readouterr()
+    assert cli.main(["similarity", str(out), paths[0], paths[1]]) == 0
+    printed = capsys.readouterr().out
+    distance = float(printed.split("euclidean distance:")[1].split()[0])
+    cosine = float(printed.split("cosine similarity:")[1].split()[0])
+    first, second = expected[0].astype(np.float64), expected[1].astype(np.float64)
+    assert distance == pytest.approx(np.linalg.norm(first - second), abs=1e-4)
+    reference = first @ second / (np.linalg.norm(first) * np.linalg.norm(second))
+    assert cosine == pytest.approx(reference, abs=1e-4)
+
+
+def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys):
+    """Killed after epoch 1 of 3, the same command resumes at epoch 2 and ends with 3 epochs."""
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+            "--epochs", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
+    original = keras.callbacks.BackupAndRestore
+    started_at = []
+
+    class KilledAfterFirstEpoch(original):
+        def on_train_begin(self, logs=None):
+            super().on_train_begin(logs)
+            started_at.append(self.model._initial_epoch or 0)
+
+        def on_epoch_end(self, epoch, logs=None):
+            super().on_epoch_end(epoch, logs)
+            if len(started_at) == 1:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(keras.callbacks, "BackupAndRestore", KilledAfterFirstEpoch)
+    assert cli.main(args) == 130
+    assert (tmp_path / "r" / "backup").is_dir() and not (tmp_path / "r" / "metrics.json").exists()
+    assert cli.main(args) == 0
+    assert started_at == [0, 1]
+    assert "Resuming" in capsys.readouterr().out
+    history = read_json(tmp_path / "r" / "history.json")
+    assert len(history["loss"]) == 3
+    assert not (tmp_path / "r" / "backup").exists()
+
+
+def test_unfinished_run_with_other_options_is_refused(tmp_path, capsys):
+    run = tmp_path / "r"
+    (run / "backup").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"epochs": 9}))
+    write_clustered_idx(tmp_path / "data", train=40, test=20)
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), "--epochs", "1"])
+    assert code == 1
+    assert "other options" in capsys.readouterr().err
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SIAMESE_K3_DATA", raising=False)
+    from siamese_k3.data import datasets
+
+    monkeypatch.setattr(datasets, "DEBIAN_DIRS", {"fashion_mnist": str(tmp_path / "none")})
+    monkeypatch.setattr(datasets, "_download", _no_network, raising=False)
+    code = cli.main(["train", "--data-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "r"), "--epochs", "1"])
+    assert code == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("siamese-k3: error:") and "\n" not in error
+    assert str(tmp_path / "empty") in error and "Traceback" not in error
+
+
+def _no_network(*args, **kwargs):
+    raise OSError("no network in tests")
+
+
+def test_unreadable_image_is_named(labelled_run, tmp_path, capsys):
+    _, out, _ = labelled_run
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not a png")
+    assert cli.main(["similarity", str(out), str(bad), str(bad)]) == 1
+    error = capsys.readouterr().err
+    assert "broken.png" in error and "Traceback" not in error
+
+
+def test_folder_that_is_not_a_run(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 1
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def test_unknown_backbone(tmp_path, capsys):
+    write_clustered_idx(tmp_path / "data", train=40, test=20)
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                     "--backbone", "vgg99"])
+    assert code == 1
+    assert "vgg99" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, fragment",
+    [
+        (["train", "--epochs", "0"], "positive integer"),
+        (["train", "--loss", "quadruplet"], "invalid choice"),
+        (["train", "--backend", "mxnet"], "invalid choice"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_arguments_exit_non_zero(argv, fragment, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    assert fragment in capsys.readouterr().err
+
+
+def test_batch_too_small_for_the_classes(tmp_path, capsys):
+    write_clustered_idx(tmp_path / "data", train=40, test=20)
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+                     "--batch-size", "8", "--classes-per-batch", "8"])
+    assert code == 1
+    assert "--classes-per-batch" in capsys.readouterr().err
+
+
+def test_choose_backend_prefers_the_option(monkeypatch):
+    monkeypatch.setenv("KERAS_BACKEND", keras.backend.backend())
+    assert cli.choose_backend() == keras.backend.backend()
+    assert cli.choose_backend(keras.backend.backend()) == keras.backend.backend()
+
+
+# --------------------------------------------------------------------------
+# pairs:DIR (seeds 003/004)
+# --------------------------------------------------------------------------
+
+
+def test_pairs_run_trains_evaluates_and_compares_images(tmp_path, capsys):
+    folders = make_paired_folders(tmp_path / "tll", count=12, size=(40, 48))
+    out = tmp_path / "run"
+    code = cli.main(["train", "--dataset", f"pairs:{folders}", "--out", str(out), "--backbone", "small_cnn",
+                     "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--validation-split", "0.25",
+                     "--quiet"])
+    assert code == 0
+    config = read_json(out / "config.json")
+    assert (config["loss"], config["margin"], config["distance"]) == ("triplet", 0.5, "squared_euclidean")
+    metrics = read_json(out / "metrics.json")
+    assert metrics["num_validation_pairs"] == 3
+    for key in ("best_accuracy", "roc_auc", "mean_cosine_similarity_anchor_positive",
+                "mean_cosine_similarity_anchor_negative"):
+        assert np.isfinite(metrics[key])
+    assert "mean_cosine_similarity_anchor_positive" in capsys.readouterr().out
+    left = folders / "left" / "pair_000.png"
+    right = folders / "right" / "pair_000.png"
+    assert cli.main(["similarity", str(out), str(left), str(right)]) == 0
+    assert "cosine similarity:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "unpaired", "not_an_image"])
+def test_pairs_bad_input_is_one_clear_line(tmp_path, case, capsys):
+    folders = tmp_path / "tll"
+    if case != "missing":
+        (folders / "left").mkdir(parents=True)
+        (folders / "right").mkdir()
+    if case in ("unpaired", "not_an_image"):
+        make_paired_folders(folders, count=6, size=(16, 16))
+    if case == "unpaired":
+        Image.new("RGB", (16, 16)).save(folders / "left" / "lonely.png")
+        expected = "lonely.png"
+    elif case == "not_an_image":
+        (folders / "right" / "pair_002.png").write_text("hello")
+        expected = "pair_002.png"
+    else:
+        expected = "left"
+    code = cli.main(["train", "--dataset", f"pairs:{folders}", "--out", str(tmp_path / "r"),
+                     "--backbone", "small_cnn", "--image-size", "16", "--epochs", "1"])
+    assert code == 1
+    error = capsys.readouterr().err
+    assert expected in error and "Traceback" not in error
+    assert error.count("\n") == 1
+
+
+def test_skip_unpaired_warns_and_trains(tmp_path, capsys):
+    folders = make_paired_folders(tmp_path / "tll", count=8, size=(16, 16))
+    Image.new("RGB", (16, 16)).save(folders / "right" / "lonely.png")
+    code = cli.main(["train", "--dataset", f"pairs:{folders}", "--out", str(tmp_path / "r"),
+                     "--backbone", "small_cnn", "--image-size", "16", "--epochs", "1", "--batch-size", "2",
+                     "--skip-unpaired", "--quiet"])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "lonely.png" in captured.out + captured.err
+
+
+def test_mining_loss_needs_labels(tmp_path, capsys):
+    folders = make_paired_folders(tmp_path / "tll", count=4, size=(16, 16))
+    code = cli.main(["train", "--dataset", f"pairs:{folders}", "--out", str(tmp_path / "r"),
+                     "--loss", "semi_hard"])
+    assert code == 1
+    assert "--loss triplet" in capsys.readouterr().err
