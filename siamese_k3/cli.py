@@ -4,6 +4,7 @@
     siamese-k3 evaluate RUN
     siamese-k3 embed RUN --images a.png b.png [--output embeddings.npy]
     siamese-k3 similarity RUN IMG1 IMG2
+    siamese-k3 export RUN --format {savedmodel,onnx} [--output PATH]
 
 The backend is chosen before keras is imported: --backend, else $KERAS_BACKEND,
 else the first installed of jax, tensorflow, torch. Errors print one line and
@@ -23,7 +24,7 @@ DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 # `pairs:DIR` dataset switches to the seeds' image-similarity setting.
 LABELLED_DEFAULTS = dict(
     backbone="compact_cnn", loss="batch_all", margin=0.2, distance="euclidean",
-    epochs=4, batch_size=256, classes_per_batch=8, learning_rate=2e-3,
+    epochs=5, steps_per_epoch=120, batch_size=256, classes_per_batch=8, learning_rate=3e-3,
 )
 PAIRS_DEFAULTS = dict(
     backbone="resnet50", loss="triplet", margin=0.5, distance="squared_euclidean",
@@ -51,6 +52,8 @@ def build_parser():
     train.add_argument("--distance", choices=DISTANCES)
     train.add_argument("--epochs", type=_positive_int)
     train.add_argument("--batch-size", type=_positive_int)
+    train.add_argument("--steps-per-epoch", type=_positive_int,
+                       help="batches per epoch on fashion_mnist or mnist (default: 120); pairs:DIR makes one pass over its pairs")
     train.add_argument("--classes-per-batch", type=_positive_int,
                        help="P of a P×K batch for the mining losses (K = batch size / P)")
     train.add_argument("--embedding-dim", type=_positive_int, default=64)
@@ -63,6 +66,8 @@ def build_parser():
     train.add_argument("--validation-split", type=float, default=0.2, help="pairs: held-out fraction")
     train.add_argument("--skip-unpaired", action="store_true", help="pairs: warn about unpaired files instead")
     train.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"))
+    train.add_argument("--data-parallel", action="store_true",
+                       help="jax: split each batch over all devices (keras.distribution.DataParallel)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser("evaluate", help="recompute the metrics of a run")
@@ -80,6 +85,12 @@ def build_parser():
     similarity.add_argument("run")
     similarity.add_argument("image1")
     similarity.add_argument("image2")
+
+    export = commands.add_parser("export", help="write the embedding model as a TF SavedModel or ONNX, for serving")
+    _backend_option(export)
+    export.add_argument("run")
+    export.add_argument("--format", choices=("savedmodel", "onnx"), required=True)
+    export.add_argument("--output", help="default: RUN/embedding_savedmodel or RUN/embedding.onnx")
     return parser
 
 

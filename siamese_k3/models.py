@@ -167,6 +167,12 @@ class SiameseModel(keras.Model):
             **kwargs,
         )
 
+    def compile_from_config(self, config):
+        """Recompile a loaded model with its saved optimizer and settings (keras skips custom compiles)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
+
     def get_config(self):
         return {
             **super().get_config(),

@@ -1,4 +1,4 @@
-"""What the `siamese-k3` commands do: train, evaluate, embed, similarity.
+"""What the `siamese-k3` commands do: train, evaluate, embed, similarity, export.
 
 Imported by `siamese_k3.cli` only after KERAS_BACKEND is set. A run folder holds:
 config.json, embedding.keras (raw image in, embedding out), model.keras (the
@@ -6,6 +6,7 @@ trained model with its optimizer), history.json, metrics.json, *.png plots and
 backup/ (the per-epoch checkpoint, removed once the run has finished).
 """
 
+import importlib.util
 import inspect
 import json
 import os
@@ -65,6 +66,8 @@ def train(args):
     keras.utils.set_random_seed(config["seed"])
     precision.set_precision(config["mixed_precision"])
     try:
+        if config.get("data_parallel"):
+            config["data_parallel_devices"] = set_data_parallel(_train_batch_size(config, pairs_dir))
         if pairs_dir:
             data = _pairs_data(pairs_dir, config)
         else:
@@ -73,6 +76,8 @@ def train(args):
         model, embedding_model, history, seconds = _fit(data, config, out, resuming)
     finally:
         precision.set_precision(None)
+        # The trained variables stay replicated; without the distribution, any batch size predicts.
+        keras.distribution.set_distribution(None)
     embedding_model.save(os.path.join(out, "embedding.keras"))
     model.save(os.path.join(out, "model.keras"))
     _write_json(os.path.join(out, "history.json"), history)
@@ -100,7 +105,7 @@ def _prepare_run_folder(out, config, overwrite):
     if resuming:
         with open(config_path) as handle:
             previous = json.load(handle)
-        ignored = {"overwrite", "quiet", "backend"}
+        ignored = {"overwrite", "quiet", "backend", "data_parallel"}
         changed = sorted(
             key for key in config if key not in ignored and previous.get(key) != config[key]
         )
@@ -113,6 +118,55 @@ def _prepare_run_folder(out, config, overwrite):
     os.makedirs(out, exist_ok=True)
     _write_json(config_path, config)
     return resuming
+
+
+DATA_PARALLEL_ELSEWHERE = {
+    "tensorflow": "on TensorFlow, build and compile the model inside "
+    "`with tf.distribute.MirroredStrategy().scope():` in your own script, or train with --backend jax",
+    "torch": "on PyTorch, launch your own training script with torchrun and wrap the model in "
+    "torch.nn.parallel.DistributedDataParallel, or train with --backend jax",
+}
+
+
+def set_data_parallel(batch_size):
+    """Data-parallel training over every device (JAX only); returns the number of devices.
+
+    Sets `keras.distribution.DataParallel` over `keras.distribution.list_devices()`
+    (all GPUs/TPUs, else the CPU devices): the variables are replicated on every
+    device and each batch is split along its first axis, one slice per device.
+    Under jit the train step still computes on the whole (sharded) batch, so an
+    online-mining loss mines triplets across the global batch, and BatchNorm
+    statistics are those of the global batch: the losses are those of one
+    device, up to float rounding. `batch_size` must be a multiple of the number
+    of devices. Call ``keras.distribution.set_distribution(None)`` to undo.
+
+    Raises:
+        SiameseK3Error: on TensorFlow and PyTorch (keras 3 offers `DataParallel`
+            on JAX only; the message says what to use instead), or when the
+            batch does not split evenly over the devices.
+    """
+    backend = keras.backend.backend()
+    if backend != "jax":
+        raise SiameseK3Error(
+            f"--data-parallel needs the jax backend (keras.distribution.DataParallel); "
+            f"{DATA_PARALLEL_ELSEWHERE.get(backend, 'train with --backend jax')}."
+        )
+    devices = keras.distribution.list_devices()
+    if batch_size % len(devices):
+        raise SiameseK3Error(
+            f"--data-parallel splits each batch over {len(devices)} devices: a batch of "
+            f"{batch_size} does not split evenly; use a --batch-size that gives a multiple of {len(devices)}."
+        )
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    return len(devices)
+
+
+def _train_batch_size(config, pairs_dir):
+    """Rows per training batch: P × (batch size // P) for the mining losses."""
+    if pairs_dir or config["loss"] == "triplet":
+        return config["batch_size"]
+    per_class = config["batch_size"] // config["classes_per_batch"]
+    return config["classes_per_batch"] * per_class
 
 
 def _labelled_data(config):
@@ -135,12 +189,14 @@ def _pairs_data(directory, config):
         # Validation batches may be smaller than training ones: a batch needs one spare pair for negatives.
         names = find_pairs(directory, skip_unpaired=config["skip_unpaired"], verify=False)
         held_out = len(split_pair_names(names, config["validation_split"], "validation", config["seed"]))
-        if held_out < 2:
+        devices = config.get("data_parallel_devices", 1)  # a batch must split evenly over them
+        if held_out < 1 + devices:
             raise SiameseK3Error(
                 f"--validation-split {config['validation_split']} holds out {held_out} pair of "
-                f"{len(names)} in {directory}: validation needs at least 2; raise --validation-split or add pairs."
+                f"{len(names)} in {directory}: validation needs at least {1 + devices}; "
+                "raise --validation-split or add pairs."
             )
-        options["batch_size"] = min(config["batch_size"], held_out - 1)
+        options["batch_size"] = min(config["batch_size"], held_out - 1) // devices * devices
         validation = PairedImageFolders(directory, subset="validation", shuffle=False, **options)
         data = {"train": train, "validation": validation}
     for message in dict.fromkeys(str(warning.message) for warning in caught):
@@ -174,7 +230,10 @@ def _fit(data, config, out, resuming):
     if config["loss"] == "triplet":
         model = SiameseModel(backbone, margin=config["margin"], distance=config["distance"])
         if labelled:
-            train_data = TripletBatches(data["x_train"], data["y_train"], batch_size, seed=config["seed"])
+            train_data = TripletBatches(
+                data["x_train"], data["y_train"], batch_size, steps_per_epoch=config["steps_per_epoch"],
+                seed=config["seed"],
+            )
             validation = TripletBatches(
                 data["x_test"], data["y_test"], batch_size, steps_per_epoch=VALIDATION_STEPS,
                 seed=config["seed"] + 1,
@@ -190,7 +249,10 @@ def _fit(data, config, out, resuming):
                 "leaves fewer than 2 samples per class: raise --batch-size or lower --classes-per-batch."
             )
         sampler = dict(classes_per_batch=config["classes_per_batch"], samples_per_class=per_class)
-        train_data = ClassBalancedBatches(data["x_train"], data["y_train"], seed=config["seed"], **sampler)
+        train_data = ClassBalancedBatches(
+            data["x_train"], data["y_train"], steps_per_epoch=config["steps_per_epoch"], seed=config["seed"],
+            **sampler,
+        )
         validation = ClassBalancedBatches(
             data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config["seed"] + 1,
             **sampler,
@@ -342,6 +404,64 @@ def _embed_files(run, config, paths):
     grayscale = len(input_shape) == 2
     images = np.stack([load_image(path, tuple(input_shape[:2]), grayscale=grayscale) for path in paths])
     return _load_embedding_model(run).predict(images, verbose=0)
+
+
+# --------------------------------------------------------------------------
+# export
+# --------------------------------------------------------------------------
+
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
+EXPORT_NAMES = {"savedmodel": "embedding_savedmodel", "onnx": "embedding.onnx"}
+# What keras' Model.export needs besides the backend, as (module, pip package):
+# SavedModel goes through TensorFlow (jax2tf on JAX, torch_xla's StableHLO on
+# PyTorch); ONNX through tf2onnx, jax2onnx or torch.onnx, which all write with onnx.
+EXPORT_REQUIREMENTS = {
+    ("savedmodel", "jax"): (("tensorflow", "tensorflow-cpu"),),
+    ("savedmodel", "tensorflow"): (),
+    ("savedmodel", "torch"): (("tensorflow", "tensorflow-cpu"), ("torch_xla", "torch-xla")),
+    ("onnx", "jax"): (("onnx", "onnx"), ("jax2onnx", "jax2onnx")),
+    ("onnx", "tensorflow"): (("onnx", "onnx"), ("tf2onnx", "tf2onnx")),
+    ("onnx", "torch"): (("onnx", "onnx"),),
+}
+
+
+def export(args):
+    """RUN/embedding.keras as a TF SavedModel folder or an ONNX file, for serving without keras.
+
+    The artifact maps a batch of raw images (any batch size, float32, as
+    `embed` reads them) to their embeddings. A SavedModel's endpoint is
+    ``tf.saved_model.load(path).serve(images)``; an ONNX file has one input.
+    """
+    config = _read_config(args.run)
+    check_export_requirements(args.format, keras.backend.backend())
+    model = _load_embedding_model(args.run)
+    output = args.output or os.path.join(args.run, EXPORT_NAMES[args.format])
+    # The torch exporter wants a model that has been called once.
+    model(np.zeros((1, *config["input_shape"]), "float32"), training=False)
+    if args.format == "onnx" and keras.backend.backend() == "jax" and _has_max_pooling(model):
+        print(
+            "siamese-k3: warning: on jax, ONNX export (jax2onnx) writes max pooling as a MaxPool over "
+            "4 spatial axes, which onnxruntime cannot run; for onnxruntime export with --backend "
+            "tensorflow or --backend torch (embedding.keras loads on any backend).",
+            file=sys.stderr,
+        )
+    model.export(output, format=EXPORT_FORMATS[args.format], verbose=False)
+    print(f"Wrote {output} ({args.format}, exported on {keras.backend.backend()})")
+
+
+def _has_max_pooling(model):
+    pooling = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
+    return any(isinstance(layer, pooling) for layer in model._flatten_layers())
+
+
+def check_export_requirements(format, backend):
+    """Raise SiameseK3Error naming the first package `format` needs on `backend` that is missing."""
+    for module, package in EXPORT_REQUIREMENTS[format, backend]:
+        if importlib.util.find_spec(module) is None:
+            raise SiameseK3Error(
+                f"exporting {format} on the {backend} backend needs {module}: pip install {package} "
+                "(or export with another --backend: embedding.keras loads on any)."
+            )
 
 
 # --------------------------------------------------------------------------

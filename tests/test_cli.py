@@ -15,7 +15,7 @@ from siamese_k3.evaluation import retrieval_metrics
 
 from paired_folders import make_paired_folders
 
-TINY = ["--epochs", "2", "--batch-size", "32", "--classes-per-batch", "4", "--embedding-dim", "8", "--quiet"]
+TINY = ["--epochs", "2", "--steps-per-epoch", "6", "--batch-size", "32", "--classes-per-batch", "4", "--embedding-dim", "8", "--quiet"]
 
 
 def write_clustered_idx(directory, train=240, test=120, seed=0):
@@ -93,7 +93,7 @@ def test_metrics_match_an_independent_recomputation(labelled_run):
 def test_train_prints_a_metrics_table(tmp_path, capsys):
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-                     "--epochs", "1", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"])
+                     "--epochs", "1", "--steps-per-epoch", "4", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "precision_at_1" in printed and "map_at_r" in printed and "raw pixels" in printed
@@ -147,7 +147,7 @@ def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys)
     """Killed after epoch 1 of 3, the same command resumes at epoch 2 and ends with 3 epochs."""
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-            "--epochs", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
+            "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
     original = keras.callbacks.BackupAndRestore
     started_at = []
 
