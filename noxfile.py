@@ -18,7 +18,7 @@ CONSTRAINTS = ("-c", "constraints.txt")
 @nox.parametrize("backend", BACKENDS)
 def tests(session, backend):
     """pytest on one backend; a stray `import tensorflow` fails the jax and torch sessions."""
-    session.install(*CONSTRAINTS, "-e", f".[{backend},test]")
+    session.install(*CONSTRAINTS, "-e", f".[{backend},test,export]")
     others = [name for name in BACKENDS if name != backend]
     session.run(
         "python", "-c",

@@ -6,8 +6,8 @@
     siamese-k3 similarity RUN IMG1 IMG2
     siamese-k3 export RUN --format {savedmodel,onnx} [--output PATH]
 
-The backend is chosen before keras is imported: --backend, else $KERAS_BACKEND,
-else the first installed of jax, tensorflow, torch. Errors print one line and
+The backend: --backend, else $KERAS_BACKEND, else keras' configured backend if
+installed, else the first installed of jax, tensorflow, torch. Errors print one line and
 exit non-zero; set SIAMESE_K3_DEBUG=1 to see the traceback.
 """
 
@@ -16,7 +16,8 @@ import importlib.util
 import os
 import sys
 
-BACKENDS = ("jax", "tensorflow", "torch")
+from siamese_k3.backend import BACKENDS
+
 LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
@@ -106,24 +107,28 @@ def _positive_int(text):
     return value
 
 
-def choose_backend(requested=None):
-    """Set KERAS_BACKEND (before keras is imported) and return it."""
-    backend = requested or os.environ.get("KERAS_BACKEND")
-    if backend is None:
-        installed = [name for name in BACKENDS if importlib.util.find_spec(name)]
-        if not installed:
-            raise _user_error(
-                "no Keras backend is installed: pip install 'siamese_k3[jax]' "
-                "(or [tensorflow] or [torch])."
-            )
-        backend = installed[0]
-    elif backend in BACKENDS and not importlib.util.find_spec(backend):
+def choose_backend(requested=None, argv=None):
+    """Make keras run on `requested` (default: the backend it was imported with) and return it.
+
+    `import siamese_k3` has already imported keras on $KERAS_BACKEND (or the first
+    installed backend); keras cannot switch afterwards, so a different --backend
+    restarts this command in a fresh interpreter with KERAS_BACKEND set.
+    """
+    import keras
+
+    current = keras.backend.backend()
+    if requested is None or requested == current:
+        return current
+    if not importlib.util.find_spec(requested):
         raise _user_error(
-            f"backend {backend!r} is not installed: pip install 'siamese_k3[{backend}]' "
-            "or choose another with --backend."
+            f"backend {requested!r} is not installed: pip install 'siamese_k3[{requested}]' "
+            "(with -c constraints.txt for torch) or choose another with --backend."
         )
-    os.environ["KERAS_BACKEND"] = backend
-    return backend
+    os.environ["KERAS_BACKEND"] = requested
+    argv = sys.argv[1:] if argv is None else list(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(sys.executable, [sys.executable, "-m", "siamese_k3", *argv])
 
 
 def _user_error(message):
@@ -136,7 +141,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        choose_backend(args.backend)
+        choose_backend(args.backend, argv)
         from siamese_k3 import runs
 
         return getattr(runs, args.command)(args) or 0

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from siamese_k3 import backbones, evaluation, losses, plots, precision
+from siamese_k3.backend import flush_denormals
 from siamese_k3.data import (
     CLASS_NAMES,
     ClassBalancedBatches,
@@ -64,6 +65,7 @@ def train(args):
     out = config["out"] = config["out"] or os.path.join("runs", pairs_dir and "pairs" or args.dataset)
     resuming = _prepare_run_folder(out, config, args.overwrite)
     keras.utils.set_random_seed(config["seed"])
+    flush_denormals()
     precision.set_precision(config["mixed_precision"])
     try:
         if config.get("data_parallel"):
@@ -454,12 +456,12 @@ def _has_max_pooling(model):
     return any(isinstance(layer, pooling) for layer in model._flatten_layers())
 
 
-def check_export_requirements(format, backend):
-    """Raise SiameseK3Error naming the first package `format` needs on `backend` that is missing."""
-    for module, package in EXPORT_REQUIREMENTS[format, backend]:
+def check_export_requirements(export_format, backend):
+    """Raise SiameseK3Error naming the first package `export_format` needs on `backend` that is missing."""
+    for module, package in EXPORT_REQUIREMENTS[export_format, backend]:
         if importlib.util.find_spec(module) is None:
             raise SiameseK3Error(
-                f"exporting {format} on the {backend} backend needs {module}: pip install {package} "
+                f"exporting {export_format} on the {backend} backend needs {module}: pip install {package} "
                 "(or export with another --backend: embedding.keras loads on any)."
             )
 

@@ -319,3 +319,14 @@ def test_mining_loss_needs_labels(tmp_path, capsys):
                      "--loss", "semi_hard"])
     assert code == 1
     assert "--loss triplet" in capsys.readouterr().err
+
+
+def test_backend_that_is_not_installed_is_one_clear_line(tmp_path, capsys):
+    from siamese_k3.backend import installed_backends
+
+    missing = [name for name in cli.BACKENDS if name not in installed_backends()]
+    if not missing:
+        pytest.skip("every backend is installed here (the per-backend nox sessions have one)")
+    assert cli.main(["evaluate", str(tmp_path), "--backend", missing[0]]) == 1
+    error = capsys.readouterr().err
+    assert f"backend {missing[0]!r} is not installed" in error and "pip install" in error
