@@ -458,12 +458,17 @@ def _has_max_pooling(model):
 
 def check_export_requirements(export_format, backend):
     """Raise SiameseK3Error naming the first package `export_format` needs on `backend` that is missing."""
-    for module, package in EXPORT_REQUIREMENTS[export_format, backend]:
-        if importlib.util.find_spec(module) is None:
-            raise SiameseK3Error(
-                f"exporting {export_format} on the {backend} backend needs {module}: pip install {package} "
-                "(or export with another --backend: embedding.keras loads on any)."
-            )
+    missing = [
+        (module, package)
+        for module, package in EXPORT_REQUIREMENTS[export_format, backend]
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        modules, packages = zip(*missing)
+        raise SiameseK3Error(
+            f"exporting {export_format} on the {backend} backend needs {', '.join(modules)}: "
+            f"pip install {' '.join(packages)} (or export with another --backend: embedding.keras loads on any)."
+        )
 
 
 # --------------------------------------------------------------------------
