@@ -26,22 +26,10 @@ import subprocess
 import sys
 import time
 
+from benchmarks.measure import thread_env
+
 LOSSES = ("semi_hard", "batch_hard", "batch_all")
 SAMPLES_PER_CLASS = 4
-
-
-def _thread_env(threads):
-    """Environment variables that cap the intra-op threads of all three frameworks."""
-    if not threads:
-        return {}
-    return {
-        "OMP_NUM_THREADS": str(threads),
-        "MKL_NUM_THREADS": str(threads),
-        "TF_NUM_INTRAOP_THREADS": str(threads),
-        "TF_NUM_INTEROP_THREADS": str(threads),
-        "XLA_FLAGS": f"--xla_cpu_multi_thread_eigen={'true' if threads > 1 else 'false'} "
-        f"intra_op_parallelism_threads={threads}",
-    }
 
 
 def _peak_rss_mib():
@@ -197,7 +185,7 @@ def main(argv=None):
                 ]
                 completed = subprocess.run(
                     command,
-                    env={**os.environ, **_thread_env(args.threads), "KERAS_BACKEND": backend},
+                    env={**os.environ, **thread_env(args.threads), "KERAS_BACKEND": backend},
                     capture_output=True,
                     text=True,
                     check=False,

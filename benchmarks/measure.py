@@ -126,3 +126,21 @@ def compile_seconds(first_segment_s, first_segment_steps, step_ms):
 
 def as_float32(array):
     return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def thread_env(threads):
+    """Environment limiting the frameworks' CPU thread pools to `threads` (None: their defaults).
+
+    OMP/MKL (torch) and TensorFlow's intra-/inter-op pools take any count;
+    XLA (jax, tensorflow with jit) only has a single-threaded switch, used
+    when threads == 1.
+    """
+    if not threads:
+        return {}
+    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
+    env = {name: str(threads) for name in names}
+    if threads == 1:
+        env["XLA_FLAGS"] = " ".join(
+            filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"])
+        )
+    return env

@@ -19,6 +19,7 @@ import sys
 import tempfile
 
 from benchmarks import report
+from benchmarks.measure import thread_env
 from benchmarks.spec import LOSSES, MODELS, Workload
 
 BACKENDS = ("jax", "torch", "tensorflow")
@@ -80,24 +81,6 @@ def run_backend(backend, args):
             return []
         with open(out) as handle:
             return json.load(handle)
-
-
-def thread_env(threads):
-    """Environment limiting the frameworks' CPU thread pools to `threads` (None: their defaults).
-
-    OMP/MKL (torch) and TensorFlow's intra-/inter-op pools take any count;
-    XLA (jax, tensorflow with jit) only has a single-threaded switch, used
-    when threads == 1.
-    """
-    if not threads:
-        return {}
-    names = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
-    env = {name: str(threads) for name in names}
-    if threads == 1:
-        env["XLA_FLAGS"] = " ".join(
-            filter(None, [os.environ.get("XLA_FLAGS", ""), "--xla_cpu_multi_thread_eigen=false"])
-        )
-    return env
 
 
 def write_outputs(rows, args, argv):
