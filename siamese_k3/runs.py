@@ -199,7 +199,10 @@ def _pairs_data(directory, config):
                 "raise --validation-split or add pairs."
             )
         options["batch_size"] = min(config["batch_size"], held_out - 1) // devices * devices
-        validation = PairedImageFolders(directory, subset="validation", shuffle=False, **options)
+        # `train` has just verified every image of both subsets (find_pairs checks all pairs before the split).
+        validation = PairedImageFolders(
+            directory, subset="validation", shuffle=False, verify_images=False, **options
+        )
         data = {"train": train, "validation": validation}
     for message in dict.fromkeys(str(warning.message) for warning in caught):
         print(f"siamese-k3: warning: {message}", file=sys.stderr)
