@@ -33,7 +33,7 @@ def check_distance(distance):
 def to_float32(x):
     """Upcast half-precision (or integer) tensors to float32; keep float64."""
     x = ops.convert_to_tensor(x)
-    if ops.dtype(x) != "float64":
+    if ops.dtype(x) not in ("float32", "float64"):
         x = ops.cast(x, "float32")
     return x
 
@@ -47,8 +47,7 @@ def safe_sqrt(squared):
     sqrt(eps)).
     """
     positive = squared > 0
-    safe = ops.where(positive, squared, ops.ones_like(squared))
-    return ops.where(positive, ops.sqrt(safe), ops.zeros_like(squared))
+    return ops.where(positive, ops.sqrt(ops.where(positive, squared, 1.0)), 0.0)
 
 
 def l2_normalize(x, axis=-1):
@@ -75,7 +74,8 @@ def paired_distance(x, y, distance="euclidean"):
     x, y = to_float32(x), to_float32(y)
     if distance == "cosine":
         return 1.0 - ops.sum(l2_normalize(x) * l2_normalize(y), axis=-1)
-    squared = ops.sum(ops.square(x - y), axis=-1)
+    difference = x - y
+    squared = ops.sum(difference * difference, axis=-1)
     if distance == "squared_euclidean":
         return squared
     return safe_sqrt(squared)

@@ -1,0 +1,193 @@
+"""A leaner eager forward pass through a functional keras model, for PyTorch.
+
+On torch every training step runs in Python, and keras' `Layer.__call__`
+(argument binding, dtype conversion, masks, call context, name and autocast
+scopes) costs about 0.3 ms per layer per call: as much as the matmul of a
+small Dense layer, and more than the whole step of a small model on a GPU.
+On jax and tensorflow the step is traced once, so this cost does not recur.
+
+`forward(model, inputs, training)` runs the same graph as
+``model(inputs, training=training)`` but calls `layer.call` directly for
+keras' own stateless-wrapper layers (Dense, Conv2D, BatchNormalization,
+pooling, ...), which then run exactly the same ops. It goes back to keras'
+normal call, for the whole model, whenever it cannot vouch for that: a
+model that is not built, not purely functional or not single-input and
+single-output, a mask on the input, an input dtype or rank the model would
+convert, a distribution, or a layer with an activity regulariser, a dtype
+policy other than float32 (mixed precision, quantisation) or rematerialisation.
+Layers of other classes (custom or subclassed ones included) inside the
+graph are called through `__call__` as usual.
+"""
+
+import inspect
+import weakref
+
+import keras
+
+try:  # keras internals this module relies on; without them keras' normal call is always used
+    from keras.src.backend.common.masking import get_keras_mask
+    from keras.src.backend.common.variables import get_autocast_scope
+except ImportError:  # pragma: no cover - a keras that moved them
+    get_keras_mask = get_autocast_scope = None
+
+_DIRECT_LAYERS = tuple(
+    getattr(keras.layers, name)
+    for name in (
+        "Activation", "Add", "Average", "AveragePooling1D", "AveragePooling2D", "AveragePooling3D",
+        "BatchNormalization", "Concatenate", "Conv1D", "Conv2D", "Conv3D", "Conv1DTranspose",
+        "Conv2DTranspose", "Dense", "DepthwiseConv2D", "Dropout", "ELU", "Flatten",
+        "GaussianNoise", "GlobalAveragePooling1D", "GlobalAveragePooling2D", "GlobalMaxPooling1D",
+        "GlobalMaxPooling2D", "Identity", "LayerNormalization", "LeakyReLU", "MaxPooling1D",
+        "MaxPooling2D", "MaxPooling3D", "Maximum", "Minimum", "Multiply", "Permute", "ReLU",
+        "Rescaling", "Reshape", "SeparableConv2D", "Softmax", "SpatialDropout1D",
+        "SpatialDropout2D", "Subtract", "UnitNormalization", "ZeroPadding1D", "ZeroPadding2D",
+    )
+    if hasattr(keras.layers, name)
+)  # fmt: skip
+
+_DIRECT, _NESTED, _KERAS = "direct", "nested", "keras"
+_plans = weakref.WeakKeyDictionary()
+
+
+def forward(model, inputs, training=None):
+    """``model(inputs, training=training)``, bypassing per-layer call overhead where it is safe."""
+    plan = _plan(model) if _eager_torch() else None
+    if plan is None or not _accepts(model, inputs) or not _vouched(plan):
+        return model(inputs, training=training)
+    return _run(plan, inputs, training)
+
+
+def can_call_directly(layer, inputs, training):
+    """Whether ``layer.call(inputs, training=training)`` computes what ``layer(inputs, training=training)`` does.
+
+    True on torch for a built float32 layer without an activity regulariser,
+    called with an explicit ``training`` flag on float32 tensors that carry no
+    mask, outside any autocast scope and distribution.
+    """
+    if not isinstance(training, bool) or not layer.built or not _eager_torch():
+        return False
+    if not _direct_ok(layer):
+        return False
+    values = inputs.values() if isinstance(inputs, dict) else inputs
+    if not isinstance(values, (tuple, list, type({}.values()))):
+        values = (values,)
+    return all(_plain_float32(tensor) for tensor in values)
+
+
+def _eager_torch():
+    return (
+        keras.backend.backend() == "torch"
+        and get_autocast_scope is not None
+        and get_autocast_scope() is None
+        and keras.distribution.distribution() is None
+    )
+
+
+def _plain_float32(tensor):
+    return (
+        keras.ops.is_tensor(tensor)
+        and not isinstance(tensor, keras.KerasTensor)
+        and get_keras_mask(tensor) is None
+        and keras.backend.standardize_dtype(tensor.dtype) == "float32"
+    )
+
+
+def _plan(model):
+    """The graph that runs `model` as (input id, output id, steps), or None; cached per graph.
+
+    A step is (kind, operation, arguments, output ids, passes training).
+    """
+    graph = _functional(model)
+    if graph is None:
+        return None
+    try:
+        return _plans[graph]
+    except KeyError:
+        plan = _plans[graph] = _build_plan(graph)
+        return plan
+
+
+def _functional(model):
+    """The Functional graph that runs `model`, or None when it is anything else."""
+    if type(model) is keras.Sequential:
+        model = getattr(model, "_functional", None)
+    if model is None or type(model).__name__ != "Functional" or not model.built:
+        return None
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        return None
+    return model
+
+
+def _build_plan(graph):
+    try:
+        nodes_by_depth = graph._nodes_by_depth
+        steps = []
+        for depth in sorted(nodes_by_depth, reverse=True):
+            for node in nodes_by_depth[depth]:
+                operation = node.operation
+                if not operation or node.is_input:
+                    continue
+                if _functional(operation) is not None:
+                    kind = _NESTED
+                elif type(operation) in _DIRECT_LAYERS and operation.built:
+                    kind = _DIRECT
+                else:
+                    kind = _KERAS
+                context = getattr(operation, "_call_context_args", ())
+                passes_training = (
+                    "training" in inspect.signature(operation.call).parameters
+                    if kind == _DIRECT
+                    else "training" in context
+                )
+                outputs = [id(tensor) for tensor in keras.tree.flatten(node.outputs)]
+                steps.append((kind, operation, node.arguments, outputs, passes_training))
+        return (id(graph.inputs[0]), id(graph.outputs[0]), steps)
+    except (AttributeError, TypeError, ValueError):  # a keras whose internals differ
+        return None
+
+
+def _accepts(model, inputs):
+    """Whether keras' call would pass `inputs` to the graph unchanged."""
+    if not _plain_float32(inputs):
+        return False
+    spec = _functional(model).inputs[0]
+    return len(inputs.shape) == len(spec.shape) and spec.dtype == "float32"
+
+
+def _vouched(plan):
+    """Whether every directly called layer, nested ones included, is still fit for it (checked before running)."""
+    for kind, operation, _, _, _ in plan[2]:
+        if kind == _DIRECT and not _direct_ok(operation):
+            return False
+        if kind == _NESTED and _direct_ok(operation):
+            nested = _plan(operation)
+            if nested is None or not _vouched(nested):
+                return False
+    return True
+
+
+def _direct_ok(layer):
+    return (
+        layer.activity_regularizer is None
+        and layer.dtype_policy.name == "float32"
+        and not getattr(layer, "_remat_mode", None)
+    )
+
+
+def _run(plan, inputs, training):
+    """The graph's output, each layer of `_DIRECT_LAYERS` run through its `call`."""
+    input_id, output_id, steps = plan
+    values = {input_id: inputs}
+    for kind, operation, arguments, outputs, passes_training in steps:
+        args, kwargs = arguments.fill_in(values)
+        if passes_training and training is not None:
+            kwargs["training"] = training
+        if kind == _DIRECT:
+            result = operation.call(*args, **kwargs)
+        elif kind == _NESTED and len(args) == 1 and _direct_ok(operation) and _accepts(operation, args[0]):
+            result = _run(_plan(operation), args[0], kwargs.get("training"))
+        else:
+            result = operation(*args, **kwargs)
+        for key, value in zip(outputs, keras.tree.flatten(result)):
+            values[key] = value
+    return values[output_id]
