@@ -11,15 +11,14 @@ from unittest import mock
 import keras
 import numpy as np
 import pytest
+from _grad import gradient
 from keras import layers, ops
 
 from siamese_k3 import backbones
 from siamese_k3.backend import eager
 from siamese_k3.models import SiameseModel
-from tests._grad import gradient
-from tests.conftest import BACKEND
 
-ON_TORCH = BACKEND == "torch"
+ON_TORCH = keras.backend.backend() == "torch"
 
 BACKBONES = {
     "mnist_siamese_dense": lambda: backbones.mnist_siamese_dense((28, 28), dropout=0.3),
