@@ -52,7 +52,7 @@ _plans = weakref.WeakKeyDictionary()
 def forward(model, inputs, training=None):
     """``model(inputs, training=training)``, bypassing per-layer call overhead where it is safe."""
     plan = _plan(model) if _eager_torch() else None
-    if plan is None or not _accepts(model, inputs) or not _vouched(plan):
+    if plan is None or not _accepts(plan, inputs) or not _vouched(plan):
         return model(inputs, training=training)
     return _run(plan, inputs, training)
 
@@ -68,10 +68,11 @@ def can_call_directly(layer, inputs, training):
         return False
     if not _direct_ok(layer):
         return False
-    values = inputs.values() if isinstance(inputs, dict) else inputs
-    if not isinstance(values, (tuple, list, type({}.values()))):
-        values = (values,)
-    return all(_plain_float32(tensor) for tensor in values)
+    if isinstance(inputs, dict):
+        inputs = list(inputs.values())
+    elif not isinstance(inputs, (tuple, list)):
+        inputs = [inputs]
+    return all(_plain_float32(tensor) for tensor in inputs)
 
 
 def _eager_torch():
@@ -93,7 +94,7 @@ def _plain_float32(tensor):
 
 
 def _plan(model):
-    """The graph that runs `model` as (input id, output id, steps), or None; cached per graph.
+    """The graph that runs `model` as (input id, input rank, output id, steps), or None; cached per graph.
 
     A step is (kind, operation, arguments, output ids, passes training).
     """
@@ -119,6 +120,9 @@ def _functional(model):
 
 
 def _build_plan(graph):
+    spec = graph.inputs[0]
+    if spec.dtype != "float32":  # keras would cast every input
+        return None
     try:
         nodes_by_depth = graph._nodes_by_depth
         steps = []
@@ -127,7 +131,7 @@ def _build_plan(graph):
                 operation = node.operation
                 if not operation or node.is_input:
                     continue
-                if _functional(operation) is not None:
+                if _plan(operation) is not None:
                     kind = _NESTED
                 elif type(operation) in _DIRECT_LAYERS and operation.built:
                     kind = _DIRECT
@@ -141,22 +145,19 @@ def _build_plan(graph):
                 )
                 outputs = [id(tensor) for tensor in keras.tree.flatten(node.outputs)]
                 steps.append((kind, operation, node.arguments, outputs, passes_training))
-        return (id(graph.inputs[0]), id(graph.outputs[0]), steps)
+        return (id(spec), len(spec.shape), id(graph.outputs[0]), steps)
     except (AttributeError, TypeError, ValueError):  # a keras whose internals differ
         return None
 
 
-def _accepts(model, inputs):
-    """Whether keras' call would pass `inputs` to the graph unchanged."""
-    if not _plain_float32(inputs):
-        return False
-    spec = _functional(model).inputs[0]
-    return len(inputs.shape) == len(spec.shape) and spec.dtype == "float32"
+def _accepts(plan, inputs):
+    """Whether keras' call would pass `inputs` to the planned graph unchanged."""
+    return _plain_float32(inputs) and len(inputs.shape) == plan[1]
 
 
 def _vouched(plan):
     """Whether every directly called layer, nested ones included, is still fit for it (checked before running)."""
-    for kind, operation, _, _, _ in plan[2]:
+    for kind, operation, _, _, _ in plan[3]:
         if kind == _DIRECT and not _direct_ok(operation):
             return False
         if kind == _NESTED and _direct_ok(operation):
@@ -176,16 +177,17 @@ def _direct_ok(layer):
 
 def _run(plan, inputs, training):
     """The graph's output, each layer of `_DIRECT_LAYERS` run through its `call`."""
-    input_id, output_id, steps = plan
+    input_id, _, output_id, steps = plan
     values = {input_id: inputs}
     for kind, operation, arguments, outputs, passes_training in steps:
         args, kwargs = arguments.fill_in(values)
         if passes_training and training is not None:
             kwargs["training"] = training
+        nested = _plan(operation) if kind == _NESTED and len(args) == 1 and _direct_ok(operation) else None
         if kind == _DIRECT:
             result = operation.call(*args, **kwargs)
-        elif kind == _NESTED and len(args) == 1 and _direct_ok(operation) and _accepts(operation, args[0]):
-            result = _run(_plan(operation), args[0], kwargs.get("training"))
+        elif nested is not None and _accepts(nested, args[0]):
+            result = _run(nested, args[0], kwargs.get("training"))
         else:
             result = operation(*args, **kwargs)
         for key, value in zip(outputs, keras.tree.flatten(result)):
