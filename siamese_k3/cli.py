@@ -17,9 +17,9 @@ import os
 import sys
 
 from siamese_k3.backend import BACKENDS
+from siamese_k3.distances import DISTANCES
 
 LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
 # Defaults of `train` on labelled image datasets (Fashion-MNIST, MNIST); a
 # `pairs:DIR` dataset switches to the seeds' image-similarity setting.

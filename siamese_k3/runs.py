@@ -460,7 +460,7 @@ def _has_max_pooling(model):
 
 
 def check_export_requirements(export_format, backend):
-    """Raise SiameseK3Error naming the first package `export_format` needs on `backend` that is missing."""
+    """Raise SiameseK3Error naming every package `export_format` needs on `backend` that is missing."""
     missing = [
         (module, package)
         for module, package in EXPORT_REQUIREMENTS[export_format, backend]
