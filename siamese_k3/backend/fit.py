@@ -136,9 +136,10 @@ def array_loader(x, batch_size, shuffle):
             return count
 
         def __getitems__(self, indices):
-            # numpy's gather is the fastest here (torch's indexing of a CPU tensor is ~1.6x slower).
+            # numpy's gather is the fastest here (torch's indexing of a CPU tensor is ~1.6x
+            # slower); keras' conversion puts the batch on keras' device, as its adapter does.
             index = np.asarray(indices, dtype=np.int64)
-            parts = [torch.from_numpy(np.take(array, index, axis=0)) for array in arrays]
+            parts = [keras.ops.convert_to_tensor(np.take(array, index, axis=0)) for array in arrays]
             return keras.utils.pack_x_y_sample_weight(dict(zip(keys, parts)) if keys else type(x)(parts))
 
     return torch.utils.data.DataLoader(Arrays(), batch_sampler=batches, collate_fn=_as_is)
