@@ -17,6 +17,8 @@ Nothing here imports torch at module level: it is imported only when the
 backend is torch.
 """
 
+import warnings
+
 import keras
 import numpy as np
 
@@ -60,9 +62,7 @@ def train_step(model, data):
         gradients = [variable.value.grad for variable in trainable_weights]
         with torch.no_grad():
             model.optimizer.apply(gradients, trainable_weights)
-    else:  # keras warns, and so do we
-        import warnings
-
+    else:  # as keras' own step does
         warnings.warn("The model does not have any trainable weights.")
     return _result(model._loss_tracker)
 
