@@ -112,10 +112,10 @@ def array_loader(x, batch_size, shuffle):
     (`keras.utils.pack_x_y_sample_weight`). None (use keras' adapter) unless
     every array is a float32 numpy array and they all have the same length.
     """
-    import torch
-
     if not eager._eager_torch() or not (isinstance(x, dict) or type(x) in (tuple, list)) or not x:
         return None
+    import torch
+
     keys = list(x) if isinstance(x, dict) else None
     arrays = [x[key] for key in keys] if keys else list(x)
     if not all(type(array) is np.ndarray and array.dtype == np.float32 and array.ndim >= 1 for array in arrays):
