@@ -43,7 +43,8 @@ def _torch_batches(x, fit_kwargs):
 
     Only for what keras' array adapter would batch itself (no validation_split,
     class_weight or steps_per_epoch); `batch_size` and `shuffle` move into the
-    loader, and `batch_size` stays the validation batch size as in keras. Otherwise (x, fit_kwargs) unchanged.
+    loader, and `batch_size` stays the validation batch size as in keras.
+    Otherwise (x, fit_kwargs) unchanged.
     """
     if any(fit_kwargs.get(name) for name in ("validation_split", "class_weight", "steps_per_epoch")):
         return x, fit_kwargs

@@ -51,7 +51,7 @@ _plans = weakref.WeakKeyDictionary()
 
 def forward(model, inputs, training=None):
     """``model(inputs, training=training)``, bypassing per-layer call overhead where it is safe."""
-    plan = _plan(model) if _eager_torch() else None
+    plan = _plan(model) if eager_torch() else None
     if plan is None or not _accepts(plan, inputs) or not _vouched(plan):
         return model(inputs, training=training)
     return _run(plan, inputs, training)
@@ -64,7 +64,7 @@ def can_call_directly(layer, inputs, training):
     called with an explicit ``training`` flag on float32 tensors that carry no
     mask, outside any autocast scope and distribution.
     """
-    if not isinstance(training, bool) or not layer.built or not _eager_torch():
+    if not isinstance(training, bool) or not layer.built or not eager_torch():
         return False
     if not _direct_ok(layer):
         return False
@@ -75,7 +75,8 @@ def can_call_directly(layer, inputs, training):
     return all(_plain_float32(tensor) for tensor in inputs)
 
 
-def _eager_torch():
+def eager_torch():
+    """Whether keras runs on torch, eagerly: no autocast scope, no distribution."""
     return (
         keras.backend.backend() == "torch"
         and get_autocast_scope is not None

@@ -32,7 +32,7 @@ def can_step_directly(model):
     when the model is compiled with an optimizer and no metrics, so that its
     only metric is keras' loss tracker, a plain `keras.metrics.Mean`.
     """
-    if not eager._eager_torch() or model.jit_compile or model.optimizer is None:
+    if not eager.eager_torch() or model.jit_compile or model.optimizer is None:
         return False
     tracker = getattr(model, "_loss_tracker", None)
     if type(tracker) is not keras.metrics.Mean or tracker.dtype != "float32":
@@ -51,11 +51,8 @@ def train_step(model, data):
     """
     import torch
 
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = model(x, training=True)
     model.zero_grad()
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    _track(model._loss_tracker, loss, x)
+    loss = _tracked_loss(model, data, training=True)
     trainable_weights = model.trainable_weights[:]
     if trainable_weights:
         model.optimizer.scale_loss(loss).backward()
@@ -69,11 +66,17 @@ def train_step(model, data):
 
 def test_step(model, data):
     """keras' `TorchTrainer.test_step` with the loss mean kept as in `train_step`."""
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = model(x, training=False)
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-    _track(model._loss_tracker, loss, x)
+    _tracked_loss(model, data, training=False)
     return _result(model._loss_tracker)
+
+
+def _tracked_loss(model, data, training):
+    """The batch's loss (forward pass and `compute_loss`), added to the loss tracker."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = model(x, training=training)
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+    _track(model._loss_tracker, loss, x)
+    return loss
 
 
 def _track(tracker, loss, x):
@@ -112,7 +115,7 @@ def array_loader(x, batch_size, shuffle):
     (`keras.utils.pack_x_y_sample_weight`). None (use keras' adapter) unless
     every array is a float32 numpy array and they all have the same length.
     """
-    if not eager._eager_torch() or not (isinstance(x, dict) or type(x) in (tuple, list)) or not x:
+    if not eager.eager_torch() or not (isinstance(x, dict) or type(x) in (tuple, list)) or not x:
         return None
     import torch
 
