@@ -48,8 +48,6 @@ def _apply(step, params, stats, inputs, training):
     x = inputs[0]
     if kind == "identity":
         return x, None
-    if kind == "caffe":
-        return x[..., ::-1] - jnp.asarray(options["mean_bgr"], x.dtype), None
     if kind == "dense":
         x = x @ params[0] + (params[1] if options["use_bias"] else 0)
         return _activate(x, options["activation"]), None

@@ -76,8 +76,6 @@ class Backbone:
         x = inputs[0]
         if kind == "identity":
             return x
-        if kind == "caffe":
-            return tf.reverse(x, axis=[-1]) - tf.constant(options["mean_bgr"], x.dtype)
         if kind == "dense":
             x = tf.matmul(x, params[0])
             if options["use_bias"]:

@@ -92,9 +92,6 @@ def _module(step, input_rank):
     kind, options, weights = step.kind, step.options, step.weights
     if kind == "identity":
         return nn.Identity()
-    if kind == "caffe":  # NCHW: flip the channel axis, subtract the BGR means
-        mean = torch.tensor(options["mean_bgr"]).view(1, 3, 1, 1).to(DEVICE)
-        return Lambda(lambda x: x.flip(1) - mean)
     if kind == "dense":
         linear = nn.Linear(*weights[0].shape, bias=options["use_bias"])
         with torch.no_grad():

@@ -134,10 +134,6 @@ def _describe(layer):
         return "rescale", {"scale": float(config["scale"]), "offset": float(config["offset"])}
     if name == "Add":
         return "add", {}
-    if name == "CaffePreprocessing":  # siamese_k3.backbones: RGB -> BGR, minus the ImageNet means
-        if layer.data_format != "channels_last":
-            raise NotImplementedError("CaffePreprocessing(channels_first)")
-        return "caffe", {"mean_bgr": tuple(layer.MEAN_BGR)}
     raise NotImplementedError(f"layer {name}")
 
 

@@ -9,6 +9,7 @@ import os
 import warnings
 
 import keras
+import numpy as np
 from keras import layers, ops
 
 from siamese_k3.errors import SiameseK3Error
@@ -75,24 +76,39 @@ def small_cnn(
     return keras.Model(inputs, x, name=name)
 
 
+CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+
+
+def caffe_preprocessing(data_format=None, name="resnet_preprocessing"):
+    """`keras.applications.resnet.preprocess_input` as a standard Keras layer.
+
+    RGB → BGR, minus the ImageNet channel means (103.939, 116.779, 123.68 in BGR
+    order), no scaling: an affine map per pixel, y = W x + b with W the channel
+    permutation and b = -mean, i.e. a frozen float32 1×1 `Conv2D`. Raw 0-255
+    RGB images go in. Being one of keras' own layers, it saves to ``.keras`` and
+    loads with plain `keras.models.load_model` on any backend, siamese_k3 not
+    imported (products by 0 and 1 are exact, so float32 results match
+    ``preprocess_input``'s).
+    """
+    data_format = data_format or keras.config.image_data_format()
+    convolution = layers.Conv2D(3, 1, data_format=data_format, trainable=False, dtype="float32", name=name)
+    convolution.build((None, None, None, 3) if data_format == "channels_last" else (None, 3, None, None))
+    swap_channels = np.eye(3, dtype="float32")[::-1].reshape(1, 1, 3, 3)  # kernel[0, 0, in, out]
+    convolution.set_weights([swap_channels, -np.asarray(CAFFE_MEAN_BGR, "float32")])
+    return convolution
+
+
 @keras.saving.register_keras_serializable(package="siamese_k3")
 class CaffePreprocessing(layers.Layer):
-    """`keras.applications.resnet.preprocess_input` as a layer: RGB → BGR, minus the
-    ImageNet channel means (103.939, 116.779, 123.68 in BGR order), no scaling.
-
-    Raw 0-255 RGB images go in. Built from keras.ops only, so a model holding it
-    saves to ``.keras`` and loads on any backend (a `Lambda` would not).
+    """The ops-based predecessor of `caffe_preprocessing`, kept so that ResNet50 runs
+    saved before it still load (with siamese_k3 imported). New models use the Conv2D.
     """
 
-    MEAN_BGR = (103.939, 116.779, 123.68)
+    MEAN_BGR = CAFFE_MEAN_BGR
 
     def __init__(self, data_format=None, **kwargs):
         super().__init__(**kwargs)
         self.data_format = data_format or keras.config.image_data_format()
-        if self.data_format not in ("channels_last", "channels_first"):
-            raise ValueError(
-                f"data_format must be channels_last or channels_first; got {data_format!r}."
-            )
 
     def call(self, images):
         axis = -1 if self.data_format == "channels_last" else -3
@@ -165,8 +181,8 @@ def resnet50_embedding(
 ):
     """Seeds 003/004: a ResNet50 fine-tuned from `trainable_from`, with a dense head.
 
-    Raw 0-255 RGB images → `CaffePreprocessing` (= `keras.applications.resnet.
-    preprocess_input`) → ResNet50 without top (the nested layer ``"resnet50"``) →
+    Raw 0-255 RGB images → `caffe_preprocessing` (= `keras.applications.resnet.
+    preprocess_input`, a frozen 1×1 Conv2D) → ResNet50 without top (the nested layer ``"resnet50"``) →
     Flatten → Dense(512, relu) → BatchNorm → Dense(256, relu) → BatchNorm →
     Dense(embedding_dim).
 
@@ -201,7 +217,7 @@ def resnet50_embedding(
                 trainable = True
             layer.trainable = trainable
     inputs, x = _input(input_shape, None, "image")
-    x = CaffePreprocessing(name="resnet_preprocessing")(x)
+    x = caffe_preprocessing()(x)
     x = base(x)
     x = layers.Flatten()(x)
     x = layers.Dense(512, activation="relu")(x)
@@ -219,6 +235,7 @@ def compact_cnn(
     hidden=256,
     rescale=None,
     normalize=False,
+    augment=False,
     name="compact_cnn",
 ):
     """A fast CNN for 28×28 images, the CLI's default on Fashion-MNIST.
@@ -226,10 +243,19 @@ def compact_cnn(
     Per block: Conv 3×3 → BatchNorm → ReLU → MaxPool 2; then Flatten →
     Dense(hidden, relu) → Dense(embedding_dim), L2-normalised when `normalize`
     (``UnitNormalization``: every embedding on the unit sphere).
+
+    `augment` puts training-only augmentation inside the model, before the first
+    block: ``RandomFlip("horizontal")`` and ``RandomTranslation(0.1, 0.1)`` (up
+    to 10 % shifts, zero fill). Both are identities at inference (``predict``,
+    ``training=False``) and standard Keras layers, so the saved model loads
+    anywhere.
     """
     inputs, x = _input(input_shape, rescale, "image")
     if len(input_shape) == 2:
         x = layers.Reshape((*input_shape, 1))(x)
+    if augment:
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant")(x)
     for width in filters:
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)

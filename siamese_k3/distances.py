@@ -41,7 +41,7 @@ def to_float32(x):
 def safe_sqrt(squared):
     """sqrt(s) for s >= 0 whose gradient is 0 (not inf, not NaN) at s = 0.
 
-        safe_sqrt(s) = sqrt(s + (1 - m)) · m,   m = 1 if s > 0 else 0
+        safe_sqrt(s) = sqrt(s + (1 - m)) · m,   m = sign(s)  (1 if s > 0, 0 if s = 0, NaN if NaN)
 
     sqrt never sees a zero, so the backward pass never evaluates
     1 / (2 sqrt(0)), and where s > 0 the value and gradient are exactly
@@ -49,10 +49,12 @@ def safe_sqrt(squared):
     biased at all (seed 000 used sqrt(max(s, eps)), which shifts every
     distance below sqrt(eps)). Same results as the "double where" trick with
     fewer, cheaper ops, which counts on PyTorch where each op is dispatched
-    from Python. A NaN stays NaN.
+    from Python. A NaN stays NaN, under jit too: a mask made with ``s > 0``
+    would turn it into 0, as XLA rewrites a product with a converted
+    comparison into a select.
     """
     squared = ops.convert_to_tensor(squared)
-    positive = ops.cast(squared > 0, squared.dtype)
+    positive = ops.sign(squared)
     return ops.sqrt(squared + (1.0 - positive)) * positive
 
 

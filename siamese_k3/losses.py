@@ -9,6 +9,9 @@ Notation: d is the distance named by `distance` (see `siamese_k3.distances`),
 m the margin, relu(x) = max(x, 0), softplus(x) = log(1 + exp(x)).
 Every loss computes in float32, whatever the input dtype, and keeps its
 working memory O(B²) for a batch of B embeddings (no B × B × B tensor).
+Every loss raises ValueError for a margin that is not a finite number >= 0, and
+the mining losses for labels that are not one integer class id per embedding
+(`siamese_k3.checks`: static shapes and dtypes only, so they still trace under jit).
 """
 
 import math
@@ -16,6 +19,7 @@ import math
 import keras
 from keras import ops
 
+from siamese_k3.checks import check_labels, check_margin
 from siamese_k3.distances import (
     check_distance,
     l2_normalize,
@@ -58,12 +62,13 @@ def triplet_loss(anchor, positive, negative, margin=1.0, distance="euclidean", s
         >>> triplet_loss([[0.0, 0.0]], [[0.0, 1.0]], [[0.0, 1.5]], margin=1.0)
         [0.5]
     """
+    check_margin(margin)
     difference = paired_distance(anchor, positive, distance) - paired_distance(
         anchor, negative, distance
     )
     if soft:
         return ops.softplus(difference)
-    return ops.relu(difference + margin)
+    return _keep_non_finite(ops.relu(difference + margin), difference)
 
 
 # --------------------------------------------------------------------------
@@ -71,12 +76,16 @@ def triplet_loss(anchor, positive, negative, margin=1.0, distance="euclidean", s
 # --------------------------------------------------------------------------
 
 
-def _batch_masks(labels, embeddings, distance, normalize):
+def _batch_masks(labels, embeddings, margin, distance, normalize):
     """Distances [B, B] and the boolean masks of positive pairs and negatives.
 
     positive[a, p] = label(a) == label(p) and a != p; negative[a, n] = label(a) != label(n).
+    Raises ValueError for a bad margin or distance, or labels that are not one
+    integer class id per embedding (as far as static shapes and dtypes tell).
     """
+    check_margin(margin)
     check_distance(distance)
+    check_labels(labels, _sum(embeddings))
     embeddings = to_float32(embeddings)
     if normalize:
         embeddings = l2_normalize(embeddings)
@@ -85,6 +94,22 @@ def _batch_masks(labels, embeddings, distance, normalize):
     same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
     not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(labels)[0]), "bool"))
     return distances, ops.logical_and(same, not_self), ops.logical_not(same)
+
+
+def _keep_non_finite(value, witness):
+    """value + 0·witness: equal to `value` (and its gradient unchanged) unless the witness is NaN or inf.
+
+    Under jit on the CPU, XLA's max and min drop NaNs (relu(NaN) = 0), so a NaN
+    embedding, or a diverged model, would otherwise give a finite loss (often
+    exactly the margin) on JAX and TensorFlow; with this term the loss is NaN on
+    every backend and `siamese_k3.callbacks.StopOnNonFiniteLoss` sees it.
+    """
+    return value + 0.0 * witness
+
+
+def _sum(embeddings):
+    """Σ of all entries in float32: NaN or inf as soon as one embedding is."""
+    return ops.sum(to_float32(embeddings))
 
 
 def _masked_mean(values, mask):
@@ -138,7 +163,7 @@ def _sorted_negatives(distances, negative):
 
 def _batch_all_terms(labels, embeddings, margin, distance, normalize):
     """(sum of triplet losses, #triplets with loss > 0, #valid triplets)."""
-    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    distances, positive, negative = _batch_masks(labels, embeddings, margin, distance, normalize)
     order, sorted_values = _sorted_negatives(distances, negative)
     # Triplet (a, p, n) has loss > 0 iff d(a, n) < d(a, p) + m: count such n per (a, p).
     threshold = ops.stop_gradient(distances) + margin
@@ -181,13 +206,13 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
         float32 scalar.
     """
     total, num_positive, _ = _batch_all_terms(labels, embeddings, margin, distance, normalize)
-    return total / ops.maximum(num_positive, 1.0)
+    return _keep_non_finite(total / ops.maximum(num_positive, 1.0), _sum(embeddings))
 
 
 def fraction_positive_triplets(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
     """#{valid triplets with relu(d(a,p) - d(a,n) + m) > 0} / #{valid triplets}; 0.0 when none are valid."""
     _, num_positive, num_valid = _batch_all_terms(labels, embeddings, margin, distance, normalize)
-    return num_positive / ops.maximum(num_valid, 1.0)
+    return _keep_non_finite(num_positive / ops.maximum(num_valid, 1.0), _sum(embeddings))
 
 
 def batch_hard_triplet_loss(
@@ -209,7 +234,7 @@ def batch_hard_triplet_loss(
     Returns:
         float32 scalar.
     """
-    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    distances, positive, negative = _batch_masks(labels, embeddings, margin, distance, normalize)
     # Distances are >= 0, so 0 is neutral for the max; the row max is neutral for the min.
     hardest_positive = ops.max(ops.where(positive, distances, 0.0), axis=1)
     row_max = ops.max(distances, axis=1, keepdims=True)
@@ -217,7 +242,7 @@ def batch_hard_triplet_loss(
     difference = hardest_positive - hardest_negative
     per_anchor = ops.softplus(difference) if soft else ops.relu(difference + margin)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return _masked_mean(per_anchor, valid)
+    return _keep_non_finite(_masked_mean(per_anchor, valid), _sum(embeddings))
 
 
 def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
@@ -240,7 +265,7 @@ def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
     Returns:
         float32 scalar.
     """
-    distances, positive, negative = _batch_masks(labels, embeddings, distance, normalize)
+    distances, positive, negative = _batch_masks(labels, embeddings, margin, distance, normalize)
     order, sorted_values = _sorted_negatives(distances, negative)
     num_negatives = ops.sum(ops.cast(negative, "int32"), axis=1, keepdims=True)
     closer = _count_sorted(sorted_values, ops.stop_gradient(distances), strict=False)
@@ -252,7 +277,7 @@ def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
     negative_distance = ops.take_along_axis(distances, chosen, axis=1)
     per_pair = ops.relu(distances - negative_distance + margin)
     valid = ops.logical_and(positive, num_negatives > 0)
-    return _masked_mean(per_pair, valid)
+    return _keep_non_finite(_masked_mean(per_pair, valid), _sum(embeddings))
 
 
 # --------------------------------------------------------------------------
@@ -268,6 +293,7 @@ class _ConfiguredLoss(keras.losses.Loss):
     def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **options):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         check_distance(options["distance"])
+        check_margin(options["margin"])
         self.options = options
 
     def get_config(self):
@@ -292,6 +318,10 @@ class TripletLoss(_ConfiguredLoss):
 
 class _MiningLoss(_ConfiguredLoss):
     """y_true = labels [B] or [B, 1]; y_pred = embeddings [B, D]."""
+
+    def __call__(self, y_true, y_pred, sample_weight=None):
+        check_labels(y_true, y_pred)  # before keras casts the labels to float32
+        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
         return type(self).loss_fn(y_true, y_pred, **self.options)

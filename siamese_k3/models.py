@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from siamese_k3.backend import eager, fit as torch_fit
+from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import triplet_loss
 
@@ -25,6 +26,18 @@ def split_triplet(inputs):
         f"batches or a dict with those keys; got {type(inputs).__name__}"
         + (f" of length {len(inputs)}." if isinstance(inputs, (tuple, list)) else ".")
     )
+
+
+def standalone_embedding(backbone):
+    """The backbone as a new, uncompiled functional model sharing its layers and weights.
+
+    What a run's ``embedding.keras`` holds: the inference model alone, with no
+    optimizer and no loss in its file, so plain ``keras.models.load_model`` reads
+    it in a process that has never imported siamese_k3 (the built-in backbones
+    use only Keras' own layers). A backbone that was compiled with a mining loss
+    would otherwise carry that loss in its compile config.
+    """
+    return keras.Model(backbone.input, backbone.output, name=backbone.name)  # the same input structure
 
 
 def _carrier_targets(x, y, sample_weight):
@@ -105,7 +118,7 @@ class SiameseModel(keras.Model):
         if not isinstance(backbone, keras.Model):
             raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
         self.backbone = backbone
-        self.margin = float(margin)
+        self.margin = float(check_margin(margin))
         self.distance = check_distance(distance)
         self.soft = bool(soft)
 
@@ -200,6 +213,10 @@ class SiameseModel(keras.Model):
                 "SiameseModel computes its own triplet loss: set margin/distance/soft "
                 "on the model instead of passing loss= to compile()."
             )
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            rate = optimizer.get_config().get("learning_rate")  # a float, a serialized schedule, or absent
+            if isinstance(rate, (int, float)):
+                check_learning_rate(rate, name="optimizer learning_rate")
         backend = keras.backend.backend()
         eager = bool(kwargs.get("run_eagerly"))
         if steps_per_execution is None:

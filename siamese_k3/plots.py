@@ -12,8 +12,10 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from siamese_k3.errors import SiameseK3Error
+from siamese_k3.files import atomic_path
 
 
 def _new_figure(width, height):
@@ -27,16 +29,29 @@ def _save(figure, path):
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    figure.savefig(path, format="png", dpi=100, bbox_inches="tight")
+    with atomic_path(path) as temporary:  # a kill mid-save leaves the old file, not half a PNG
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
     return path
 
 
+HISTORY_PANELS = (  # (title, y label, keys)
+    (None, "loss", ("loss", "val_loss")),
+    ("Retrieval (held-out sample)", "score", ("val_precision_at_1", "val_r_precision", "val_map_at_r", "val_pair_roc_auc")),
+    ("Active triplets", "fraction", ("fraction_positive_triplets", "val_fraction_positive_triplets")),
+)
+
+
 def plot_history(history, path, title="Loss"):
-    """Loss curves, as seed 000's `plot_metrics`: `loss` (blue) and `val_loss` (green) per epoch.
+    """Training curves per epoch: one panel each for the losses, the retrieval metrics and the active fraction.
+
+    Panel 1 is seed 000's `plot_metrics` (`loss` and `val_loss`); panel 2 shows
+    `val_precision_at_1`, `val_r_precision`, `val_map_at_r` (`RetrievalValidation`)
+    or `val_pair_roc_auc` (`PairValidation`); panel 3 `fraction_positive_triplets`
+    and its `val_` twin. A panel with none of its keys is left out.
 
     Args:
         history: a dict like `keras.callbacks.History.history` (``{"loss": [...],
-            "val_loss": [...]}``) or the `History` object itself. `val_loss` is optional.
+            "val_loss": [...], ...}``) or the `History` object itself.
         path: PNG file to write.
     """
     history = getattr(history, "history", history)
@@ -46,17 +61,20 @@ def plot_history(history, path, title="Loss"):
             f"got {type(history).__name__}"
             + (f" with keys {sorted(history)}." if isinstance(history, dict) else ".")
         )
-    figure = _new_figure(6, 4)
-    axes = figure.add_subplot()
-    for key, colour in (("loss", "blue"), ("val_loss", "green")):
-        if history.get(key):
+    panels = [(name, label, [key for key in keys if history.get(key)]) for name, label, keys in HISTORY_PANELS]
+    panels = [panel for panel in panels if panel[2]]
+    figure = _new_figure(5 * len(panels), 4)
+    for index, (name, label, keys) in enumerate(panels):
+        axes = figure.add_subplot(1, len(panels), index + 1)
+        for key in keys:
             values = np.asarray(history[key], dtype=float)
-            axes.plot(np.arange(1, len(values) + 1), values, color=colour, marker=".", label=key)
-    axes.set_title(title)
-    axes.set_xlabel("epoch")
-    axes.set_ylabel("loss")
-    axes.grid(True)
-    axes.legend()
+            axes.plot(np.arange(1, len(values) + 1), values, marker=".", label=key)
+        axes.set_title(name or title)
+        axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+        axes.set_ylabel(label)
+        axes.grid(True)
+        axes.legend()
     return _save(figure, path)
 
 

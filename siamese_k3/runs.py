@@ -1,9 +1,13 @@
 """What the `siamese-k3` commands do: train, evaluate, embed, similarity, export.
 
 Imported by `siamese_k3.cli` only after KERAS_BACKEND is set. A run folder holds:
-config.json, embedding.keras (raw image in, embedding out), model.keras (the
-trained model with its optimizer), history.json, metrics.json, *.png plots and
-backup/ (the per-epoch checkpoint, removed once the run has finished).
+config.json, status.json (unfinished, failed or finished), embedding.keras (raw
+image in, embedding out: the inference model alone, loadable by plain keras),
+model.keras (the trained model with its optimizer and loss, for resuming and
+fine-tuning), history.json, metrics.json, *.png plots and backup/ (the per-epoch
+checkpoint, removed once the run has finished). `train` and `evaluate` hold the
+folder's lock (`siamese_k3.files.RunLock`) while they write, and every file is
+written atomically.
 """
 
 import importlib.util
@@ -18,8 +22,9 @@ import warnings
 import keras
 import numpy as np
 
-from siamese_k3 import backbones, evaluation, losses, plots, precision
+from siamese_k3 import backbones, evaluation, losses, plots, precision, recipes
 from siamese_k3.backend import flush_denormals
+from siamese_k3.callbacks import PairValidation, RetrievalValidation, StopOnNonFiniteLoss
 from siamese_k3.data import (
     CLASS_NAMES,
     ClassBalancedBatches,
@@ -32,11 +37,13 @@ from siamese_k3.data import (
     verification_pair_indices,
 )
 from siamese_k3.data.image_folders import find_pairs, split_pair_names
-from siamese_k3.errors import SiameseK3Error
-from siamese_k3.models import SiameseModel
+from siamese_k3.errors import NonFiniteLossError, SiameseK3Error
+from siamese_k3.files import RunLock, atomic_path, write_json
+from siamese_k3.metrics import FractionPositiveTriplets
+from siamese_k3.models import SiameseModel, standalone_embedding
 
 RUN_FILES = (
-    "config.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
+    "config.json", "status.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
     "loss.png", "distances.png", "triplets.png", "embeddings_pca.png",
 )
 VALIDATION_STEPS = 10
@@ -48,22 +55,28 @@ VALIDATION_STEPS = 10
 
 
 def train(args):
-    from siamese_k3.cli import LABELLED_DEFAULTS, PAIRS_DEFAULTS
-
     pairs_dir = args.dataset[len("pairs:"):] if args.dataset.startswith("pairs:") else None
-    defaults = PAIRS_DEFAULTS if pairs_dir else LABELLED_DEFAULTS
+    defaults = recipes.defaults(getattr(args, "recipe", "default"), pairs=bool(pairs_dir))
     config = {key: getattr(args, key, None) for key in vars(args)}
     config.pop("command", None)
     for key, value in defaults.items():
         if config.get(key) is None:
             config[key] = value
+    if config["backbone"] != defaults["backbone"]:  # the recipe's backbone options are for its own backbone
+        config["backbone_options"] = {}
     if config["loss"] != "triplet" and pairs_dir:
         raise SiameseK3Error(
             f"--loss {config['loss']} needs class labels; a pairs:DIR dataset has none: use --loss triplet."
         )
     config["backend"] = keras.backend.backend()
     out = config["out"] = config["out"] or os.path.join("runs", pairs_dir and "pairs" or args.dataset)
-    resuming = _prepare_run_folder(out, config, args.overwrite)
+    with RunLock(out):
+        _train_in(out, config, pairs_dir, args.overwrite)
+
+
+def _train_in(out, config, pairs_dir, overwrite):
+    """`train` once the run folder is locked: fit, save, evaluate; status.json says how it ended."""
+    resuming = _prepare_run_folder(out, config, overwrite)
     keras.utils.set_random_seed(config["seed"])
     flush_denormals()
     precision.set_precision(config["mixed_precision"])
@@ -74,21 +87,40 @@ def train(args):
             data = _pairs_data(pairs_dir, config)
         else:
             data = _labelled_data(config)
-        _write_json(os.path.join(out, "config.json"), config)
+        write_json(os.path.join(out, "config.json"), config)
         model, embedding_model, history, seconds = _fit(data, config, out, resuming)
+    except NonFiniteLossError as error:
+        checkpoint = os.path.isfile(os.path.join(out, "backup", "latest.weights.h5"))
+        resumable = " Rerunning the same command resumes it from the last finished epoch." if checkpoint else ""
+        _write_status(out, "failed", f"{error}{resumable}")
+        raise NonFiniteLossError(f"{error} The run in {out} is left unfinished.{resumable}") from None
     finally:
         precision.set_precision(None)
         # The trained variables stay replicated; without the distribution, any batch size predicts.
         keras.distribution.set_distribution(None)
-    embedding_model.save(os.path.join(out, "embedding.keras"))
-    model.save(os.path.join(out, "model.keras"))
-    _write_json(os.path.join(out, "history.json"), history)
+    save_model(embedding_model, os.path.join(out, "embedding.keras"))
+    save_model(model, os.path.join(out, "model.keras"))
+    write_json(os.path.join(out, "history.json"), history)
     plots.plot_history(history, os.path.join(out, "loss.png"))
     metrics = _evaluate(config, embedding_model, data)
     metrics["train_seconds"] = round(seconds, 1)
-    _write_json(os.path.join(out, "metrics.json"), metrics)
+    write_json(os.path.join(out, "metrics.json"), metrics)
+    _write_status(out, "finished")
     shutil.rmtree(os.path.join(out, "backup"), ignore_errors=True)
     _print_table(metrics, out)
+
+
+def save_model(model, path):
+    """`model.save(path)` atomically: a kill mid-save leaves the previous file, never half of one."""
+    with atomic_path(path) as temporary:
+        model.save(temporary)
+
+
+def _write_status(out, state, message=None):
+    status = {"state": state, "backend": keras.backend.backend(), "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if message:
+        status["message"] = message
+    write_json(os.path.join(out, "status.json"), status)
 
 
 def _prepare_run_folder(out, config, overwrite):
@@ -107,7 +139,7 @@ def _prepare_run_folder(out, config, overwrite):
     if resuming:
         with open(config_path) as handle:
             previous = json.load(handle)
-        ignored = {"overwrite", "quiet", "backend", "data_parallel"}
+        ignored = {"overwrite", "quiet", "backend", "data_parallel", "validation_size"}
         changed = sorted(
             key for key in config if key not in ignored and previous.get(key) != config[key]
         )
@@ -118,7 +150,8 @@ def _prepare_run_folder(out, config, overwrite):
             )
         print(f"Resuming the unfinished run in {out}")
     os.makedirs(out, exist_ok=True)
-    _write_json(config_path, config)
+    write_json(config_path, config)
+    _write_status(out, "unfinished")
     return resuming
 
 
@@ -225,7 +258,8 @@ def build_backbone(config):
         "weights": config.get("weights"),
     }
     accepted = inspect.signature(factory).parameters
-    return factory(**{key: value for key, value in wanted.items() if key in accepted})
+    options = {key: value for key, value in wanted.items() if key in accepted}
+    return factory(**options, **(config.get("backbone_options") or {}))
 
 
 def _fit(data, config, out, resuming):
@@ -263,7 +297,8 @@ def _fit(data, config, out, resuming):
             **sampler,
         )
         model = backbone
-        compile_options = {"loss": losses.get(config["loss"], margin=config["margin"], distance=config["distance"])}
+        options = dict(margin=config["margin"], distance=config["distance"])
+        compile_options = {"loss": losses.get(config["loss"], **options), "metrics": [FractionPositiveTriplets(**options)]}
     schedule = keras.optimizers.schedules.CosineDecay(
         config["learning_rate"], decay_steps=max(1, config["epochs"] * len(train_data))
     )
@@ -271,17 +306,55 @@ def _fit(data, config, out, resuming):
     model.compile(optimizer=optimizer, **compile_options)
     if not model.built:  # BackupAndRestore restores weights into a built model only
         model(tuple(part[:1] for part in train_data[0][0]))
-    backup = os.path.join(out, "backup")
-    epoch_log = EpochLog(os.path.join(backup, "epochs.json"))
-    # The log first: a run killed between the two redoes that epoch and overwrites its entry.
-    callbacks = [epoch_log, keras.callbacks.BackupAndRestore(backup)]
+    epoch_log, callbacks = training_callbacks(os.path.join(out, "backup"), _validation_callback(data, config, backbone))
     started = time.perf_counter()
     model.fit(
         train_data, validation_data=validation, epochs=config["epochs"], callbacks=callbacks,
         verbose=0 if config["quiet"] else 1,
     )
     seconds = time.perf_counter() - started + epoch_log.previous_seconds
-    return model, backbone, epoch_log.history(), seconds
+    return model, standalone_embedding(backbone), epoch_log.history(), seconds
+
+
+def _validation_callback(data, config, backbone):
+    """Per-epoch quality: retrieval on a fixed test sample, or ROC AUC of the held-out pairs.
+
+    Under --data-parallel every predict batch must split evenly over the devices:
+    the sample and the batch are multiples of their number.
+    """
+    devices = config.get("data_parallel_devices", 1)
+    if "validation" in data:
+        triplets = data["validation"].triplet_arrays()
+        count = len(triplets[0]) // devices * devices
+        return PairValidation(
+            *(part[:count] for part in triplets), distance=config["distance"], embedding_model=backbone,
+            batch_size=32 * devices,
+        )
+    size = min(config.get("validation_size") or 0, len(data["y_test"])) // devices * devices
+    if not size:
+        return None
+    return RetrievalValidation(
+        data["x_test"], data["y_test"], distance=config["distance"], sample_size=size,
+        seed=config["seed"], embedding_model=backbone, batch_size=512 * devices,  # as the final evaluation
+    )
+
+
+def training_callbacks(backup, validation=None):
+    """(epoch log, the callback list) of a resumable run checkpointed in the folder `backup`.
+
+    In this order: the non-finite loss check, so a diverged epoch raises before
+    anything is saved (the checkpoint stays the last good epoch); `validation`
+    (a `RetrievalValidation` or `PairValidation`, or None), whose metrics then
+    reach the epoch log, keras' History and the progress bar; the epoch log,
+    so a run killed between it and the checkpoint redoes that epoch and
+    overwrites its entry; keras' `BackupAndRestore` with `double_checkpoint`,
+    which falls back to the previous checkpoint if a kill left the latest one
+    unreadable.
+    """
+    epoch_log = EpochLog(os.path.join(backup, "epochs.json"))
+    backup_and_restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
+    callbacks = [StopOnNonFiniteLoss(), validation, epoch_log, backup_and_restore]
+    return epoch_log, [callback for callback in callbacks if callback is not None]
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -309,7 +382,7 @@ class EpochLog(keras.callbacks.Callback):
         self.epochs = {key: value for key, value in self.epochs.items() if key < epoch}
         self.epochs[epoch] = entry
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        _write_json(self.path, self.epochs)
+        write_json(self.path, self.epochs)
 
     def history(self):
         """{metric: [value per epoch]} over all epochs, as `History.history`."""
@@ -324,19 +397,24 @@ class EpochLog(keras.callbacks.Callback):
 
 
 def evaluate(args):
-    config = _read_config(args.run)
-    embedding_model = _load_embedding_model(args.run)
+    with RunLock(args.run):
+        _evaluate_in(args.run)
+
+
+def _evaluate_in(run):
+    config = _read_config(run)
+    embedding_model = _load_embedding_model(run)
     if config["dataset"].startswith("pairs:"):
         data = _pairs_data(config["dataset"][len("pairs:"):], config)
     else:
         data = _labelled_data(config)
     metrics = _evaluate(config, embedding_model, data)
-    previous = os.path.join(args.run, "metrics.json")
+    previous = os.path.join(run, "metrics.json")
     if os.path.exists(previous):
         with open(previous) as handle:
             metrics["train_seconds"] = json.load(handle).get("train_seconds")
-    _write_json(previous, metrics)
-    _print_table(metrics, args.run)
+    write_json(previous, metrics)
+    _print_table(metrics, run)
 
 
 def _evaluate(config, embedding_model, data):
@@ -490,23 +568,28 @@ def _read_config(run):
 
 
 def _load_embedding_model(run):
+    """RUN/embedding.keras, refused when the run failed or its weights are not all finite."""
+    status_path = os.path.join(run, "status.json")
+    if os.path.isfile(status_path):
+        with open(status_path) as handle:
+            status = json.load(handle)
+        if status.get("state") == "failed":
+            raise SiameseK3Error(
+                f"{run} holds a failed run ({status.get('message', 'no reason recorded')}): "
+                "train it again with --overwrite."
+            )
     path = os.path.join(run, "embedding.keras")
     if not os.path.isfile(path):
         raise SiameseK3Error(f"{path} is missing: the run did not finish; train it again with the same --out.")
-    return keras.models.load_model(path)
-
-
-def _write_json(path, value):
-    with open(path, "w") as handle:
-        json.dump(value, handle, indent=2, default=_json_default)
-
-
-def _json_default(value):
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    model = keras.models.load_model(path)
+    bad = [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
+    if bad:
+        raise SiameseK3Error(
+            f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+            f"{' and others' if len(bad) > 3 else ''}: the training diverged; train it again with "
+            "--overwrite and a lower --learning-rate."
+        )
+    return model
 
 
 def _print_table(metrics, out):

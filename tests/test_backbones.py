@@ -108,3 +108,16 @@ def test_get_by_name():
     ] == [8, 8]
     with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
         backbones.get("vgg")
+
+
+def test_augmentation_is_training_only(rng):
+    """compact_cnn(augment=True) predicts what the same weights without augmentation predict."""
+    images = rng.uniform(0, 255, (6, 28, 28)).astype("float32")
+    augmented = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255, augment=True)
+    plain = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255)
+    plain.set_weights(augmented.get_weights())
+    kinds = [type(layer) for layer in augmented.layers]
+    assert layers.RandomFlip in kinds and layers.RandomTranslation in kinds
+    np.testing.assert_allclose(augmented.predict(images, verbose=0), plain.predict(images, verbose=0), rtol=1e-6, atol=1e-6)
+    trained = keras.ops.convert_to_numpy(augmented(images, training=True))
+    assert not np.allclose(trained, keras.ops.convert_to_numpy(plain(images, training=True)), atol=1e-4)

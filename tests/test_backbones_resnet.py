@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from siamese_k3 import backbones
-from siamese_k3.backbones import CaffePreprocessing, resnet50_embedding
+from siamese_k3.backbones import CaffePreprocessing, caffe_preprocessing, resnet50_embedding
 from siamese_k3.errors import SiameseK3Error
 
 SHAPE = (32, 32, 3)
@@ -76,17 +76,28 @@ def test_input_too_small():
         resnet50_embedding((16, 16, 3))
 
 
-def test_preprocessing_equals_keras_resnet_preprocess_input(images):
-    expected = keras.applications.resnet.preprocess_input(images.copy())
-    result = keras.ops.convert_to_numpy(CaffePreprocessing()(images))
+@pytest.mark.parametrize("layer", [caffe_preprocessing, CaffePreprocessing])
+def test_preprocessing_equals_keras_resnet_preprocess_input(images, layer):
+    expected = keras.applications.resnet50.preprocess_input(images.copy())
+    result = keras.ops.convert_to_numpy(layer()(images))
     np.testing.assert_allclose(result, expected, atol=1e-4)
     # independent of Keras: BGR order minus the ImageNet means
     np.testing.assert_allclose(result, images[..., ::-1] - IMAGENET_MEAN_BGR, atol=1e-4)
 
 
-def test_preprocessing_channels_first(images):
+def test_preprocessing_of_whole_pixels_is_exact():
+    """On raw 0-255 pixels the 1×1 convolution gives preprocess_input's float32 values exactly."""
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 7, 5, 3)).astype("float32")
+    expected = keras.applications.resnet50.preprocess_input(pixels.copy())
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(caffe_preprocessing()(pixels)), expected)
+
+
+@pytest.mark.parametrize("layer", [caffe_preprocessing, CaffePreprocessing])
+def test_preprocessing_channels_first(images, layer):
+    if layer is caffe_preprocessing and keras.backend.backend() == "tensorflow":
+        pytest.skip("TensorFlow's CPU Conv2D supports channels_last only")
     channels_first = np.transpose(images, (0, 3, 1, 2))
-    result = keras.ops.convert_to_numpy(CaffePreprocessing("channels_first")(channels_first))
+    result = keras.ops.convert_to_numpy(layer("channels_first")(channels_first))
     expected = np.transpose(images[..., ::-1] - IMAGENET_MEAN_BGR, (0, 3, 1, 2))
     np.testing.assert_allclose(result, expected, atol=1e-4)
 
@@ -155,5 +166,5 @@ def test_keras_round_trip(model, images, tmp_path):
     np.testing.assert_allclose(
         loaded.predict(images, verbose=0), model.predict(images, verbose=0), rtol=1e-5, atol=1e-5
     )
-    assert isinstance(loaded.get_layer("resnet_preprocessing"), CaffePreprocessing)
+    assert isinstance(loaded.get_layer("resnet_preprocessing"), keras.layers.Conv2D)
     assert len(loaded.trainable_weights) == len(model.trainable_weights)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 
 import keras
 import numpy as np
@@ -58,7 +59,7 @@ def test_train_writes_the_whole_run_folder(labelled_run, capsys):
     config = read_json(out / "config.json")
     assert config["backend"] == keras.backend.backend()
     assert config["input_shape"] == [28, 28]
-    assert config["loss"] == cli.LABELLED_DEFAULTS["loss"]
+    assert config["loss"] == "batch_all" and config["recipe"] == "default"
     history = read_json(out / "history.json")
     assert len(history["loss"]) == len(history["val_loss"]) == 2
     assert all(np.isfinite(history["loss"]))
@@ -68,6 +69,19 @@ def cli_run_files():
     from siamese_k3.runs import RUN_FILES
 
     return RUN_FILES
+
+
+def test_history_holds_the_retrieval_metrics_and_active_fraction_of_every_epoch(labelled_run):
+    """The per-epoch sample is the whole 120-image test split here, so the last epoch's values are
+    metrics.json's, which the next test recomputes independently."""
+    _, out, _ = labelled_run
+    history = read_json(out / "history.json")
+    metrics = read_json(out / "metrics.json")
+    for key in ("precision_at_1", "r_precision", "map_at_r"):
+        assert len(history[f"val_{key}"]) == 2
+        assert history[f"val_{key}"][-1] == pytest.approx(metrics[key], abs=1e-6), key
+    for key in ("fraction_positive_triplets", "val_fraction_positive_triplets"):
+        assert len(history[key]) == 2 and all(0.0 <= value <= 1.0 for value in history[key])
 
 
 def test_metrics_match_an_independent_recomputation(labelled_run):
@@ -168,7 +182,7 @@ def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys)
     assert started_at == [0, 1]
     assert "Resuming" in capsys.readouterr().out
     history = read_json(tmp_path / "r" / "history.json")
-    assert len(history["loss"]) == 3
+    assert len(history["loss"]) == len(history["val_map_at_r"]) == 3  # the resumed epochs keep their metrics
     assert not (tmp_path / "r" / "backup").exists()
 
 
@@ -271,6 +285,8 @@ def test_pairs_run_trains_evaluates_and_compares_images(tmp_path, capsys):
     for key in ("best_accuracy", "roc_auc", "mean_cosine_similarity_anchor_positive",
                 "mean_cosine_similarity_anchor_negative"):
         assert np.isfinite(metrics[key])
+    # pairs runs are validated by ROC AUC each epoch; after the last, it is the final one
+    assert read_json(out / "history.json")["val_pair_roc_auc"] == [pytest.approx(metrics["roc_auc"], abs=1e-6)]
     assert "mean_cosine_similarity_anchor_positive" in capsys.readouterr().out
     left = folders / "left" / "pair_000.png"
     right = folders / "right" / "pair_000.png"
@@ -330,3 +346,126 @@ def test_backend_that_is_not_installed_is_one_clear_line(tmp_path, capsys):
     assert cli.main(["evaluate", str(tmp_path), "--backend", missing[0]]) == 1
     error = capsys.readouterr().err
     assert f"backend {missing[0]!r} is not installed" in error and "pip install" in error
+
+
+# --------------------------------------------------------------------------
+# Nothing silent (issue 14): the exact inputs that used to pass without a word
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "option, value, expected",
+    [
+        ("--margin", "nan", "is not a valid margin: expected a finite number >= 0"),
+        ("--margin", "-1", "is not a valid margin: expected a finite number >= 0"),
+        ("--learning-rate", "0", "is not a valid learning rate: expected a finite number > 0"),
+        ("--learning-rate", "inf", "is not a valid learning rate: expected a finite number > 0"),
+    ],
+)
+def test_bad_margin_or_learning_rate_is_one_line_and_exit_2(option, value, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", option, value])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and f"argument {option}: {value}" in error and expected in error
+
+
+def test_diverging_run_stops_unfinished_and_evaluate_refuses_it(tmp_path, capsys):
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    run = tmp_path / "r"
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), "--learning-rate", "1e38", *TINY])
+    assert code == 1
+    error = capsys.readouterr().err.strip()
+    assert "\n" not in error and "Traceback" not in error
+    assert re.search(r"loss became (nan|inf|-inf) at epoch 1, step \d+\. Likely causes: a learning rate", error)
+    assert not (run / "metrics.json").exists() and not (run / "embedding.keras").exists()
+    assert read_json(run / "status.json")["state"] == "failed"
+    assert cli.main(["evaluate", str(run)]) == 1
+    assert "failed run" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_non_finite_weights(labelled_run, tmp_path, capsys):
+    _, out, _ = labelled_run
+    run = tmp_path / "nan_run"
+    run.mkdir()
+    (run / "config.json").write_text((out / "config.json").read_text())
+    model = keras.models.load_model(out / "embedding.keras")
+    weights = model.get_weights()
+    weights[-1] = np.full_like(weights[-1], np.nan)
+    model.set_weights(weights)
+    model.save(run / "embedding.keras")
+    assert cli.main(["evaluate", str(run)]) == 1
+    assert "non-finite weights (NaN or inf)" in capsys.readouterr().err
+    assert not (run / "metrics.json").exists()
+
+
+class _NaNWhereLabelsAreNaN(keras.losses.Loss):
+    """A mining loss whose value is NaN for a batch with NaN labels, on every backend.
+
+    (NaN images are no reliable trigger: TensorFlow's CPU relu maps NaN to 0.)
+    """
+
+    def __init__(self, inner):
+        super().__init__(name=inner.name)
+        self.inner = inner
+
+    def call(self, y_true, y_pred):
+        return self.inner.call(y_true, y_pred) + 0.0 * keras.ops.sum(y_true)
+
+
+def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
+    """A NaN loss in epoch 2 of 3 stops the run; the rerun resumes at epoch 2 and finishes finite."""
+    from siamese_k3 import runs
+
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
+            "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
+    batches_served = []
+
+    class PoisonedOnce(runs.ClassBalancedBatches):
+        def __getitem__(self, index):
+            images, labels = super().__getitem__(index)
+            labels = labels.astype("float32")
+            if self.steps_per_epoch == 3:  # the training batches, not the validation ones
+                batches_served.append(index)
+                if len(batches_served) == 6:  # in epoch 2 (one more is read to build the model)
+                    labels = np.full(labels.shape, np.nan, "float32")
+            return images, labels
+
+    real_get = runs.losses.get
+    monkeypatch.setattr(runs, "ClassBalancedBatches", PoisonedOnce)
+    monkeypatch.setattr(runs.losses, "get", lambda *args, **kwargs: _NaNWhereLabelsAreNaN(real_get(*args, **kwargs)))
+    assert cli.main(args) == 1
+    monkeypatch.undo()  # the rerun trains on the real data with the real loss
+    error = capsys.readouterr().err
+    assert "at epoch 2, step " in error and "resumes it from the last finished epoch" in error
+    assert read_json(tmp_path / "r" / "backup" / "training_metadata.json")["epoch"] == 1
+    assert cli.main(args) == 0
+    assert "Resuming" in capsys.readouterr().out
+    history = read_json(tmp_path / "r" / "history.json")
+    assert len(history["loss"]) == 3 and np.all(np.isfinite(history["loss"]))
+    assert read_json(tmp_path / "r" / "status.json")["state"] == "finished"
+
+
+def test_second_train_on_a_folder_in_use_fails_at_once_naming_the_other_process(tmp_path, capsys):
+    from test_files import hold_lock_in_another_process
+
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    run = tmp_path / "cc"
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), *TINY]
+    holder = hold_lock_in_another_process(run)
+    try:
+        assert cli.main(args) == 1
+        error = capsys.readouterr().err.strip()
+        assert "\n" not in error and f"{run} is in use by pid {holder.pid} on " in error
+        assert not (run / "config.json").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert cli.main(args) == 0  # the dead holder's lock is gone
+
+
+def test_run_folder_holds_no_partial_files(labelled_run):
+    _, out, _ = labelled_run
+    assert not [name for name in os.listdir(out) if ".partial-" in name]
+    assert read_json(out / "status.json")["state"] == "finished"

@@ -394,3 +394,60 @@ def test_loss_class_in_compile_and_fit(loss_class, rng):
         labels, model.predict(features, verbose=0), 0.5, "euclidean", False, **options
     )
     np.testing.assert_allclose(value, expected, rtol=1e-4, atol=1e-6)
+
+
+# --------------------------------------------------------------------------
+# Bad input, refused at the door with a message that names it (issue 14)
+# --------------------------------------------------------------------------
+
+MINING_FUNCTIONS = [semi_hard_triplet_loss, batch_hard_triplet_loss, batch_all_triplet_loss, fraction_positive_triplets]
+
+
+@pytest.mark.parametrize("loss_fn", MINING_FUNCTIONS)
+def test_string_labels_are_refused_by_name(loss_fn, rng):
+    embeddings = rng.normal(size=(16, 4)).astype("float32")
+    labels = ["a", "a", "b", "b"] * 4
+    with pytest.raises(ValueError, match=r"^labels \['a', 'a', 'b'\]\.\.\. are not integer class ids"):
+        loss_fn(labels, embeddings)
+
+
+@pytest.mark.parametrize("loss_fn", MINING_FUNCTIONS)
+def test_labels_shorter_than_the_batch_are_refused(loss_fn, rng):
+    embeddings = ops.convert_to_tensor(rng.normal(size=(16, 4)).astype("float32"))
+    with pytest.raises(ValueError, match=r"^labels has 10 entries but embeddings has 16 rows"):
+        loss_fn(np.arange(10) % 3, embeddings)
+
+
+@pytest.mark.parametrize("loss_class", [TripletSemiHardLoss, TripletHardLoss, TripletBatchAllLoss])
+def test_loss_classes_check_labels_before_keras_casts_them(loss_class, rng):
+    embeddings = rng.normal(size=(16, 4)).astype("float32")
+    with pytest.raises(ValueError, match="not integer class ids"):
+        loss_class()(np.array(["x", "y"] * 8), embeddings)
+    with pytest.raises(ValueError, match="10 entries but embeddings has 16 rows"):
+        loss_class()(np.arange(10), embeddings)
+
+
+@pytest.mark.parametrize("margin", [float("nan"), -1.0, float("inf")])
+@pytest.mark.parametrize("loss_class", [TripletLoss, TripletSemiHardLoss, TripletHardLoss, TripletBatchAllLoss])
+def test_bad_margins_are_refused_by_the_classes(loss_class, margin):
+    with pytest.raises(ValueError, match=r"^margin=.* is not a valid margin: expected a finite number >= 0"):
+        loss_class(margin=margin)
+
+
+@pytest.mark.parametrize("margin", [float("nan"), -0.5])
+def test_bad_margins_are_refused_by_the_functions(margin, rng):
+    embeddings = rng.normal(size=(8, 4)).astype("float32")
+    with pytest.raises(ValueError, match="is not a valid margin"):
+        triplet_loss(embeddings, embeddings, embeddings, margin=margin)
+    with pytest.raises(ValueError, match="is not a valid margin"):
+        semi_hard_triplet_loss(np.arange(8) % 2, embeddings, margin=margin)
+
+
+@pytest.mark.parametrize("loss", [TripletSemiHardLoss(), TripletHardLoss(), TripletBatchAllLoss()])
+def test_nan_embeddings_give_a_nan_loss_under_jit(loss, rng):
+    """XLA's CPU max drops NaNs (relu(NaN) = 0); the loss must still be NaN, or a divergence is silent."""
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=loss, jit_compile=keras.backend.backend() != "torch")
+    images = rng.normal(size=(8, 4)).astype("float32")
+    images[2] = np.nan
+    assert np.isnan(model.evaluate(images, np.arange(8) % 2, verbose=0))

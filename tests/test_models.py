@@ -237,3 +237,24 @@ def test_constructor_checks_its_arguments():
         SiameseModel(keras.layers.Dense(4))
     with pytest.raises(ValueError, match="Unknown distance"):
         SiameseModel(dense_backbone(), distance="manhattan")
+
+
+@pytest.mark.parametrize("margin", [float("nan"), -1.0])
+def test_a_bad_margin_is_refused(margin):
+    with pytest.raises(ValueError, match=r"^margin=.* is not a valid margin"):
+        SiameseModel(dense_backbone(), margin=margin)
+
+
+@pytest.mark.parametrize("rate", [0.0, float("nan"), -1e-3])
+def test_compile_refuses_a_bad_learning_rate(rate):
+    with pytest.raises(ValueError, match=r"^optimizer learning_rate=.* is not a valid learning rate"):
+        SiameseModel(dense_backbone()).compile(optimizer=keras.optimizers.Adam(rate))
+
+
+def test_nan_embeddings_give_a_nan_loss(rng):
+    """With the default (jit) settings too: XLA's relu(NaN) = 0 must not hide a NaN triplet."""
+    model = SiameseModel(keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)]))
+    model.compile()
+    anchor = rng.normal(size=(8, 4)).astype("float32")
+    anchor[5] = np.nan
+    assert np.isnan(model.evaluate((anchor, anchor + 1, anchor - 1), batch_size=8, verbose=0))

@@ -1,0 +1,100 @@
+"""Arguments checked at the door: one-line `ValueError`s naming the argument, value and what is expected.
+
+Only what is known without running the computation is checked (Python numbers,
+numpy arrays, static shapes and dtypes), so the losses stay traceable under
+`jax.jit`, `tf.function` and `torch.compile`: a symbolic margin or labels
+tensor passes through unchecked.
+"""
+
+import math
+import numbers
+
+import numpy as np
+
+
+def check_margin(margin, name="margin"):
+    """`margin` if it is a finite number >= 0 (tensors pass unchecked); else ValueError naming `name`."""
+    if _is_tensor(margin):
+        return margin
+    if not _is_real(margin) or not math.isfinite(margin) or margin < 0:
+        raise ValueError(f"{_named(name, margin)} is not a valid margin: expected a finite number >= 0, such as 0.2 or 1.0.")
+    return margin
+
+
+def check_learning_rate(learning_rate, name="learning_rate"):
+    """`learning_rate` if it is a finite number > 0 (schedules and tensors pass); else ValueError."""
+    if _is_tensor(learning_rate) or callable(learning_rate):
+        return learning_rate
+    if not _is_real(learning_rate) or not math.isfinite(learning_rate) or learning_rate <= 0:
+        raise ValueError(
+            f"{_named(name, learning_rate)} is not a valid learning rate: expected a finite number > 0, such as 1e-3."
+        )
+    return learning_rate
+
+
+def check_labels(labels, embeddings):
+    """Raise ValueError unless `labels` are integer class ids, one per row of `embeddings`.
+
+    Accepted: integer or boolean dtypes, and floats holding whole numbers (keras'
+    `Loss` hands labels over as float32; their values are checked only when they
+    are concrete, i.e. numpy arrays or Python lists). The lengths are compared
+    when both are static.
+    """
+    if _is_tensor(labels):
+        dtype = _dtype_name(labels)
+        if not dtype.startswith(("int", "uint", "bool", "float", "bfloat")):
+            raise ValueError(
+                f"labels have dtype {dtype}: expected integer class ids; map class names to integers first, "
+                "for example np.unique(names, return_inverse=True)[1]."
+            )
+        count = _static_size(labels.shape)
+    else:
+        array = np.asarray(labels)
+        if array.dtype.kind not in "iubf" or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
+            example = array.reshape(-1)[:3].tolist()
+            raise ValueError(
+                f"labels {example}... are not integer class ids (dtype {array.dtype}): map class names to "
+                "integers first, for example np.unique(names, return_inverse=True)[1]."
+            )
+        count = array.size
+    rows = getattr(embeddings, "shape", None)
+    rows = rows[0] if rows is not None and len(rows) else (len(embeddings) if isinstance(embeddings, list) else None)
+    if isinstance(count, int) and isinstance(rows, int) and count != rows:
+        raise ValueError(
+            f"labels has {count} entries but embeddings has {rows} rows: give one label per embedding "
+            "(labels of shape [B] or [B, 1] for embeddings of shape [B, D])."
+        )
+
+
+def _named(name, value):
+    """``name=value`` for the Python API; the value alone when `name` is None (argparse names the option)."""
+    return repr(value) if name is None else f"{name}={value!r}"
+
+
+def _is_real(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) or (
+        isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
+    )
+
+
+def _is_tensor(value):
+    """A backend tensor or symbolic value (not a Python number, list or numpy array)."""
+    return hasattr(value, "shape") and hasattr(value, "dtype") and not isinstance(value, (np.ndarray, np.generic))
+
+
+def _dtype_name(tensor):
+    import keras
+
+    try:
+        return keras.backend.standardize_dtype(tensor.dtype)
+    except ValueError:
+        return str(tensor.dtype)
+
+
+def _static_size(shape):
+    size = 1
+    for dimension in shape:
+        if not isinstance(dimension, int):
+            return None
+        size *= dimension
+    return size

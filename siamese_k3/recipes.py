@@ -1,0 +1,36 @@
+"""Training recipes: what `siamese-k3 train` does for every option left unset.
+
+Plain data, no keras: the CLI reads the names for `--recipe`, and `runs` fills a
+run's config from them. An option given on the command line always wins.
+
+- ``default``: the main job, about 4 minutes on a 2-core CPU (torch).
+- ``strong``: the best Fashion-MNIST retrieval we measured in at most 20 minutes of
+  training on a 2-core CPU (README, "Results"): a wider compact CNN with flips and
+  shifts inside the model, trained longer.
+- pairs:DIR datasets (seeds 003/004) always start from `PAIRS`.
+"""
+
+LABELLED = {
+    "default": dict(
+        backbone="compact_cnn", backbone_options={}, loss="batch_all", margin=0.2, distance="euclidean",
+        epochs=5, steps_per_epoch=120, batch_size=256, classes_per_batch=8, learning_rate=3e-3,
+    ),
+    "strong": dict(
+        backbone="compact_cnn", backbone_options={"filters": [32, 64, 128], "augment": True},
+        loss="batch_all", margin=0.2, distance="euclidean",
+        epochs=15, steps_per_epoch=120, batch_size=256, classes_per_batch=8, learning_rate=3e-3,
+    ),
+}
+PAIRS = dict(
+    backbone="resnet50", backbone_options={}, loss="triplet", margin=0.5, distance="squared_euclidean",
+    epochs=10, batch_size=32, learning_rate=1e-4,
+)
+
+
+def defaults(recipe, pairs):
+    """The option values of `recipe` (a name in `LABELLED`), or of `PAIRS` for a pairs:DIR dataset."""
+    if pairs:
+        return PAIRS
+    if recipe not in LABELLED:
+        raise ValueError(f"Unknown recipe {recipe!r}: expected one of {', '.join(LABELLED)}.")
+    return LABELLED[recipe]

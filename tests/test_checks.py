@@ -1,0 +1,64 @@
+"""siamese_k3.checks: one-line ValueErrors naming the argument, the value and what is expected."""
+
+import keras
+import numpy as np
+import pytest
+
+from siamese_k3.checks import check_labels, check_learning_rate, check_margin
+
+
+@pytest.mark.parametrize("margin", [float("nan"), float("inf"), -1, -1e-9, "0.2", None, True])
+def test_bad_margins_are_named(margin):
+    with pytest.raises(ValueError, match=r"^margin=.* is not a valid margin: expected a finite number >= 0"):
+        check_margin(margin)
+
+
+@pytest.mark.parametrize("margin", [0, 0.0, 0.2, 1, np.float32(0.5), np.array(2.0)])
+def test_good_margins_pass(margin):
+    assert check_margin(margin) is margin
+
+
+@pytest.mark.parametrize("rate", [0, 0.0, -1e-3, float("nan"), float("inf"), "1e-3"])
+def test_bad_learning_rates_are_named(rate):
+    with pytest.raises(ValueError, match=r"^learning_rate=.* is not a valid learning rate: expected a finite number > 0"):
+        check_learning_rate(rate)
+
+
+def test_learning_rate_schedules_and_numbers_pass():
+    schedule = keras.optimizers.schedules.CosineDecay(1e-3, decay_steps=10)
+    assert check_learning_rate(schedule) is schedule
+    assert check_learning_rate(3e-3) == 3e-3
+
+
+def test_the_name_is_the_one_given():
+    with pytest.raises(ValueError, match=r"^optimizer learning_rate=0 "):
+        check_learning_rate(0, name="optimizer learning_rate")
+    with pytest.raises(ValueError, match=r"^nan is not a valid margin"):
+        check_margin(float("nan"), name=None)
+
+
+@pytest.mark.parametrize(
+    "labels",
+    [["a", "a", "b", "b"], np.array(["x", "y", "x", "y"]), np.array([0.5, 1.0, 0.0, 2.0]), [object()] * 4],
+)
+def test_labels_that_are_not_class_ids_are_refused(labels):
+    with pytest.raises(ValueError, match=r"^labels .* are not integer class ids .*np\.unique"):
+        check_labels(labels, np.zeros((4, 2), "float32"))
+
+
+@pytest.mark.parametrize("labels", [np.arange(4), [0, 0, 1, 1], np.array([1.0, 0.0, 1.0, 0.0]), np.array([[0], [1], [0], [1]])])
+def test_integer_labels_pass(labels):
+    check_labels(labels, np.zeros((4, 2), "float32"))
+
+
+def test_a_label_count_that_is_not_the_batch_is_refused():
+    with pytest.raises(ValueError, match=r"^labels has 10 entries but embeddings has 16 rows"):
+        check_labels(np.arange(10), np.zeros((16, 8), "float32"))
+
+
+def test_backend_tensors_are_checked_by_dtype_and_static_shape():
+    embeddings = keras.ops.zeros((16, 8))
+    check_labels(keras.ops.arange(16), embeddings)
+    check_labels(keras.ops.cast(keras.ops.arange(16), "float32"), embeddings)  # as keras' Loss passes them
+    with pytest.raises(ValueError, match="10 entries but embeddings has 16 rows"):
+        check_labels(keras.ops.arange(10), embeddings)

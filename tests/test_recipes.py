@@ -1,0 +1,53 @@
+"""siamese_k3.recipes: the defaults of `siamese-k3 train`, and the command-line options that override them."""
+
+import pytest
+
+from siamese_k3 import cli, recipes
+from siamese_k3.backbones import BACKBONES
+from siamese_k3.losses import MINING_LOSSES
+
+from test_cli import read_json, write_clustered_idx
+
+
+@pytest.mark.parametrize("recipe", list(recipes.LABELLED) + ["pairs"])
+def test_every_recipe_names_known_parts(recipe):
+    values = recipes.defaults(recipe, pairs=recipe == "pairs")
+    assert values["backbone"] in BACKBONES
+    assert values["loss"] in (*MINING_LOSSES, "triplet")
+    assert values["margin"] >= 0 and values["learning_rate"] > 0
+
+
+def test_the_default_recipe_is_the_main_job():
+    assert recipes.defaults("default", pairs=False) == {
+        "backbone": "compact_cnn", "backbone_options": {}, "loss": "batch_all", "margin": 0.2,
+        "distance": "euclidean", "epochs": 5, "steps_per_epoch": 120, "batch_size": 256,
+        "classes_per_batch": 8, "learning_rate": 3e-3,
+    }
+
+
+def test_an_unknown_recipe_is_refused():
+    with pytest.raises(ValueError, match="Unknown recipe 'best'"):
+        recipes.defaults("best", pairs=False)
+
+
+def test_strong_recipe_through_the_cli_with_overrides(tmp_path):
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    out = tmp_path / "strong"
+    code = cli.main(["train", "--recipe", "strong", "--data-dir", str(tmp_path / "data"), "--out", str(out),
+                     "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--classes-per-batch", "4",
+                     "--quiet"])
+    assert code == 0
+    config = read_json(out / "config.json")
+    strong = recipes.LABELLED["strong"]
+    assert config["recipe"] == "strong" and config["epochs"] == 1 and config["batch_size"] == 16
+    assert config["backbone_options"] == strong["backbone_options"] and config["loss"] == strong["loss"]
+
+
+def test_another_backbone_drops_the_recipes_backbone_options(tmp_path):
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    out = tmp_path / "dense"
+    code = cli.main(["train", "--recipe", "strong", "--backbone", "fashion_mnist_dense", "--data-dir",
+                     str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
+                     "--batch-size", "16", "--classes-per-batch", "4", "--quiet"])
+    assert code == 0
+    assert read_json(out / "config.json")["backbone_options"] == {}
