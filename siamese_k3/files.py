@@ -87,10 +87,9 @@ class RunLock:
             ) from None
         handle.seek(0)
         handle.truncate()
-        command = " ".join(os.path.basename(part) if index == 0 else part for index, part in enumerate(sys.argv))
         handle.write(
             f"pid {os.getpid()} on {socket.gethostname()}, started "
-            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({command})"
+            f"{time.strftime('%Y-%m-%d %H:%M:%S')} ({_command_line()})"
         )
         handle.flush()
         self._handle = handle
@@ -101,6 +100,14 @@ class RunLock:
         handle.seek(0)
         handle.truncate()
         handle.close()  # closing the descriptor releases the lock
+
+
+def _command_line():
+    """This process's command line, its program shortened: `siamese-k3 train ...`, `siamese_k3 train ...`."""
+    program = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "python"
+    if program == "__main__.py":  # python -m PACKAGE
+        program = os.path.basename(os.path.dirname(sys.argv[0]))
+    return " ".join([program, *sys.argv[1:]])
 
 
 def _lock_exclusively(handle):

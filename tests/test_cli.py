@@ -3,6 +3,9 @@
 import json
 import os
 import re
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -448,21 +451,32 @@ def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_
 
 
 def test_second_train_on_a_folder_in_use_fails_at_once_naming_the_other_process(tmp_path, capsys):
-    from test_files import hold_lock_in_another_process
-
+    """Two `siamese-k3 train --out cc`: the second fails naming the first; once the first is killed, it runs."""
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     run = tmp_path / "cc"
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(run), *TINY]
-    holder = hold_lock_in_another_process(run)
+    long_run = [arg if arg != "2" else "200" for arg in args]  # --epochs 200: still running when we look
+    first = subprocess.Popen([sys.executable, "-m", "siamese_k3", *long_run], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env={**os.environ, "KERAS_BACKEND": keras.backend.backend()})
     try:
+        deadline = time.monotonic() + 120
+        while f"pid {first.pid} " not in _read_or_empty(run / ".lock") and time.monotonic() < deadline:
+            assert first.poll() is None, "the first train ended early"
+            time.sleep(0.2)
         assert cli.main(args) == 1
         error = capsys.readouterr().err.strip()
-        assert "\n" not in error and f"{run} is in use by pid {holder.pid} on " in error
-        assert not (run / "config.json").exists()
+        assert "\n" not in error and f"{run} is in use by pid {first.pid} on " in error and "siamese_k3 train" in error
     finally:
-        holder.kill()
-        holder.wait()
-    assert cli.main(args) == 0  # the dead holder's lock is gone
+        first.kill()  # SIGKILL: no cleanup, the OS drops the lock
+        first.wait()
+    assert cli.main([*args, "--overwrite"]) == 0
+
+
+def _read_or_empty(path):
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
 
 
 def test_run_folder_holds_no_partial_files(labelled_run):
