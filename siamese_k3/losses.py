@@ -85,7 +85,7 @@ def _batch_masks(labels, embeddings, margin, distance, normalize):
     """
     check_margin(margin)
     check_distance(distance)
-    check_labels(labels, _sum(embeddings))
+    check_labels(labels, embeddings)
     embeddings = to_float32(embeddings)
     if normalize:
         embeddings = l2_normalize(embeddings)
