@@ -235,7 +235,8 @@ def compact_cnn(
     hidden=256,
     rescale=None,
     normalize=False,
-    augment=False,
+    flip=False,
+    shift=0.0,
     name="compact_cnn",
 ):
     """A fast CNN for 28×28 images, the CLI's default on Fashion-MNIST.
@@ -244,18 +245,20 @@ def compact_cnn(
     Dense(hidden, relu) → Dense(embedding_dim), L2-normalised when `normalize`
     (``UnitNormalization``: every embedding on the unit sphere).
 
-    `augment` puts training-only augmentation inside the model, before the first
-    block: ``RandomFlip("horizontal")`` and ``RandomTranslation(0.1, 0.1)`` (up
-    to 10 % shifts, zero fill). Both are identities at inference (``predict``,
-    ``training=False``) and standard Keras layers, so the saved model loads
-    anywhere.
+    Training-only augmentation inside the model, before the first block:
+    `flip` adds ``RandomFlip("horizontal")``, `shift` > 0 adds
+    ``RandomTranslation(shift, shift)`` (shifts up to that fraction of the
+    height and width, zero fill). Both are identities at inference
+    (``predict``, ``training=False``) and standard Keras layers, so the saved
+    model loads anywhere.
     """
     inputs, x = _input(input_shape, rescale, "image")
     if len(input_shape) == 2:
         x = layers.Reshape((*input_shape, 1))(x)
-    if augment:
+    if flip:
         x = layers.RandomFlip("horizontal")(x)
-        x = layers.RandomTranslation(0.1, 0.1, fill_mode="constant")(x)
+    if shift:
+        x = layers.RandomTranslation(shift, shift, fill_mode="constant")(x)
     for width in filters:
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
         x = layers.BatchNormalization()(x)

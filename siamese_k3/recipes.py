@@ -7,8 +7,8 @@ run's config from them. An option given on the command line always wins.
 - ``strong``: the best Fashion-MNIST retrieval we measured in at most 20 minutes of
   training on a 2-core CPU (README, "Results"): a third conv block (128 filters) and
   six times the steps of the default. Flips and shifts inside the model
-  (``backbone_options={"augment": True}``) and margin 0.5 on all 10 classes per
-  batch measured worse within that budget.
+  (``backbone_options={"flip": True, "shift": 0.1}``) and margin 0.5 on all 10
+  classes per batch measured worse within that budget.
 - pairs:DIR datasets (seeds 003/004) always start from `PAIRS`.
 """
 

@@ -111,9 +111,9 @@ def test_get_by_name():
 
 
 def test_augmentation_is_training_only(rng):
-    """compact_cnn(augment=True) predicts what the same weights without augmentation predict."""
+    """compact_cnn(flip=True, shift=0.1) predicts what the same weights without augmentation predict."""
     images = rng.uniform(0, 255, (6, 28, 28)).astype("float32")
-    augmented = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255, augment=True)
+    augmented = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255, flip=True, shift=0.1)
     plain = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255)
     plain.set_weights(augmented.get_weights())
     kinds = [type(layer) for layer in augmented.layers]
