@@ -50,7 +50,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     def _check(self, logs, where):
         for key in self.monitor:
             if key in (logs or {}):
-                value = float(np.asarray(keras.ops.convert_to_numpy(logs[key])))
+                value = float(keras.ops.convert_to_numpy(logs[key]))
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
                         f"training stopped: {key} became {value} at {where}. Likely causes: {LIKELY_CAUSES}."

@@ -14,18 +14,16 @@ import numpy as np
 
 def check_margin(margin, name="margin"):
     """`margin` if it is a finite number >= 0 (tensors pass unchecked); else ValueError naming `name`."""
-    if _is_tensor(margin):
-        return margin
-    if not _is_real(margin) or not math.isfinite(margin) or margin < 0:
+    if not _is_tensor(margin) and not _finite_number(margin, strictly_positive=False):
         raise ValueError(f"{_named(name, margin)} is not a valid margin: expected a finite number >= 0, such as 0.2 or 1.0.")
     return margin
 
 
 def check_learning_rate(learning_rate, name="learning_rate"):
     """`learning_rate` if it is a finite number > 0 (schedules and tensors pass); else ValueError."""
-    if _is_tensor(learning_rate) or callable(learning_rate):
-        return learning_rate
-    if not _is_real(learning_rate) or not math.isfinite(learning_rate) or learning_rate <= 0:
+    if not (_is_tensor(learning_rate) or callable(learning_rate)) and not _finite_number(
+        learning_rate, strictly_positive=True
+    ):
         raise ValueError(
             f"{_named(name, learning_rate)} is not a valid learning rate: expected a finite number > 0, such as 1e-3."
         )
@@ -57,8 +55,8 @@ def check_labels(labels, embeddings):
                 "integers first, for example np.unique(names, return_inverse=True)[1]."
             )
         count = array.size
-    rows = getattr(embeddings, "shape", None)
-    rows = rows[0] if rows is not None and len(rows) else (len(embeddings) if isinstance(embeddings, list) else None)
+    shape = np.shape(embeddings)  # a tensor's own (static) shape; lists go through numpy
+    rows = shape[0] if shape else None
     if isinstance(count, int) and isinstance(rows, int) and count != rows:
         raise ValueError(
             f"labels has {count} entries but embeddings has {rows} rows: give one label per embedding "
@@ -71,10 +69,12 @@ def _named(name, value):
     return repr(value) if name is None else f"{name}={value!r}"
 
 
-def _is_real(value):
-    return isinstance(value, numbers.Real) and not isinstance(value, bool) or (
+def _finite_number(value, strictly_positive):
+    """True for a real, finite Python or numpy number that is > 0 (`strictly_positive`) or >= 0."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool) or (
         isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"
     )
+    return real and math.isfinite(value) and (value > 0 if strictly_positive else value >= 0)
 
 
 def _is_tensor(value):
