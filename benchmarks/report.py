@@ -18,23 +18,32 @@ def ratio(rows, row):
     return row["step_ms"] / reference["step_ms"]
 
 
+def host_overhead_ms(rows, row):
+    """keras' step time minus the native loop's: the per-step cost of everything around the model."""
+    reference = _native_reference(rows, row["backend"])
+    if reference is None or row["impl"] != "keras":
+        return None
+    return row["step_ms"] - reference["step_ms"]
+
+
 def markdown_table(rows):
     header = (
         "| backend | impl | model | loss | batch | step ms (median ± spread) | samples/s "
-        "| compile s | peak MB | keras / native | settings |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|\n"
+        "| compile s | peak MB | keras / native | host ms/step (keras − native) | threads | device | settings |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n"
     )
     lines = []
     for row in sorted(rows, key=lambda r: (r["backend"], IMPL_ORDER.index(r["impl"]))):
-        keras_ratio = ratio(rows, row)
+        keras_ratio, overhead = ratio(rows, row), host_overhead_ms(rows, row)
         lines.append(
             f"| {row['backend']} | {row['impl']} | {row['model']} | {row['loss']} | {row['batch_size']} "
             f"| {row['step_ms']:.3f} ± {row['step_ms_spread']:.3f} | {row['samples_per_s']:.0f} "
             f"| {row['compile_s']:.2f} | {row['peak_memory_mb']:.0f} "
-            f"| {'' if keras_ratio is None else f'{keras_ratio:.3f}'} | {row.get('settings', '')} |"
+            f"| {'' if keras_ratio is None else f'{keras_ratio:.3f}'} "
+            f"| {'' if overhead is None else f'{overhead:+.3f}'} "
+            f"| {row.get('threads', '')} | {row['device']} | {row.get('settings', '')} |"
         )
-    devices = sorted({row["device"] for row in rows})
-    return header + "\n".join(lines) + f"\n\nDevice: {', '.join(devices)}\n"
+    return header + "\n".join(lines) + "\n"
 
 
 def bar_chart(rows, path, title):

@@ -17,6 +17,7 @@ time is the first epoch's excess over the steady state (for keras from the
 
 import importlib
 import json
+import os
 import time
 
 import keras
@@ -25,7 +26,7 @@ from benchmarks import measure
 from benchmarks import spec
 from benchmarks import workload as wl
 from siamese_k3.losses import TripletSemiHardLoss
-from siamese_k3.models import SiameseModel
+from siamese_k3.models import MiningModel, SiameseModel
 
 
 def build_keras_model(workload, backbone, compile_kwargs):
@@ -34,8 +35,9 @@ def build_keras_model(workload, backbone, compile_kwargs):
         model = SiameseModel(backbone, margin=spec.MARGIN)
         model.compile(**compile_kwargs)
         return model
-    backbone.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=spec.MARGIN), **compile_kwargs)
-    return backbone
+    model = MiningModel(backbone)
+    model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=spec.MARGIN), **compile_kwargs)
+    return model
 
 
 def fit_arguments(workload, data):
@@ -70,6 +72,17 @@ def _keras_settings(model):
     return f"jit_compile={model.jit_compile}, steps_per_execution={model.steps_per_execution}"
 
 
+def threads_used(backend):
+    """The CPU threads the framework computes with, as it reports them, and where the setting comes from."""
+    setting = os.environ.get("OMP_NUM_THREADS") or os.environ.get("TF_NUM_INTRAOP_THREADS")
+    origin = f"--threads {setting}" if setting else "default"
+    if backend == "torch":
+        import torch
+
+        return f"{torch.get_num_threads()} ({origin})"
+    return f"{os.cpu_count()} ({origin})" if not setting else f"{setting} ({origin})"
+
+
 def run(backend, workload, compile_kwargs, log):
     """The result rows of every implementation on `backend` (KERAS_BACKEND must already be it)."""
     native = importlib.import_module(f"benchmarks.native_{backend}")
@@ -77,6 +90,7 @@ def run(backend, workload, compile_kwargs, log):
     data = wl.make_data(workload, wl.input_shape(backbone))
     memory = measure.Memory(backend, native.on_gpu())
     device = native.device_name() or measure.cpu_name()
+    threads = threads_used(backend) if not native.on_gpu() else ""
 
     try:
         loops = native.implementations(workload, data, *wl.layer_plan(backbone))
@@ -140,6 +154,7 @@ def run(backend, workload, compile_kwargs, log):
                 "compile_s": round(measure.compile_seconds(first_epoch[impl], workload.steps, median), 3),
                 "peak_memory_mb": round(memory.peaks.get(impl, 0.0), 1),
                 "device": device,
+                "threads": threads,
                 "settings": settings[impl],
                 "step_ms_all": [round(value, 4) for value in step_ms],
             }

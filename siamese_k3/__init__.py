@@ -29,6 +29,6 @@ from siamese_k3.losses import (  # noqa: E402
     semi_hard_triplet_loss,
     triplet_loss,
 )
-from siamese_k3.models import SiameseModel  # noqa: E402
+from siamese_k3.models import MiningModel, SiameseModel  # noqa: E402
 
 __version__ = "0.1.0"

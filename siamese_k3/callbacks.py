@@ -61,7 +61,7 @@ class _EmbeddingValidation(keras.callbacks.Callback):
     """Embeds held-out images after each epoch and adds ``prefix + metric`` entries to the logs.
 
     The embedding network is `embedding_model`, else the trained model's
-    ``backbone`` (a `SiameseModel`), else the trained model itself (a backbone
+    ``backbone`` (a `SiameseModel` or `MiningModel`), else the trained model itself (a backbone
     compiled with a mining loss). Embeddings come from ``predict`` (inference
     mode: BatchNorm moving statistics, no dropout). Put it before any callback
     that should see the metrics (keras' History and progress bar come last).

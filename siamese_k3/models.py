@@ -7,7 +7,7 @@ from keras import ops
 from siamese_k3.backend import eager, fit as torch_fit
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
-from siamese_k3.losses import triplet_loss
+from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
 
 TRIPLET_KEYS = ("anchor", "positive", "negative")
 
@@ -51,27 +51,106 @@ def _carrier_targets(x, y, sample_weight):
     return y
 
 
-def _torch_batches(x, fit_kwargs):
-    """On torch, in-memory float32 triplets as a DataLoader giving keras' own batches, faster.
+def _torch_batches(x, y, fit_kwargs):
+    """On torch, in-memory arrays as a DataLoader giving keras' own batches, faster.
 
     Only for what keras' array adapter would batch itself (no validation_split,
     class_weight or steps_per_epoch); `batch_size` and `shuffle` move into the
     loader, and `batch_size` stays the validation batch size as in keras.
-    Otherwise (x, fit_kwargs) unchanged.
+    Otherwise (x, y, fit_kwargs) unchanged.
     """
     if any(fit_kwargs.get(name) for name in ("validation_split", "class_weight", "steps_per_epoch")):
-        return x, fit_kwargs
+        return x, y, fit_kwargs
     batch_size = fit_kwargs.get("batch_size") or 32
-    loader = torch_fit.array_loader(x, batch_size, fit_kwargs.get("shuffle", True))
+    loader = torch_fit.array_loader(x, batch_size, fit_kwargs.get("shuffle", True), y=y)
     if loader is None:
-        return x, fit_kwargs
+        return x, y, fit_kwargs
     fit_kwargs = dict(fit_kwargs, batch_size=None, shuffle=False)  # the loader shuffles
     fit_kwargs["validation_batch_size"] = fit_kwargs.get("validation_batch_size") or batch_size
-    return loader, fit_kwargs
+    return loader, None, fit_kwargs
+
+
+class _FastModel(keras.Model):
+    """What every siamese_k3 training model shares: the backend's fastest settings, by default.
+
+    - `compile`: left as None, ``steps_per_execution`` and ``jit_compile`` take
+      the values measured fastest on each backend (benchmarks/RESULTS.md):
+
+      - jax: ``steps_per_execution=32``, ``jit_compile="auto"`` (XLA);
+      - tensorflow: ``steps_per_execution=32``, ``jit_compile=True`` (XLA, also
+        on CPU, where keras' ``"auto"`` leaves it off) unless a layer does not
+        support XLA;
+      - torch: ``steps_per_execution=1`` (the only value keras supports on
+        torch) and eager execution, with keras' per-step overheads trimmed
+        (below). ``torch.compile`` (``jit_compile=True``) is opt-in: it costs
+        seconds to minutes of compilation per model and a C++ compiler.
+
+      With ``run_eagerly=True`` both keep keras' defaults. A value passed
+      explicitly, ``"auto"`` included, is used as is. With
+      ``steps_per_execution=N > 1`` keras runs N batches per call, so
+      batch-level callbacks and the progress bar run once every N batches;
+      pass ``steps_per_execution=1`` when a callback must see every batch.
+
+    - On PyTorch, where every step runs in Python, keras' per-step work is done
+      more cheaply with the same results (`siamese_k3.backend`): the model and a
+      functional backbone of keras' own layers skip keras' per-layer call
+      bookkeeping, and channels-last Conv2D / MaxPooling2D skip the layout
+      copies keras makes around each call (`eager`, `layout`); the train and
+      test steps keep the running loss mean with in-place additions (`fit`);
+      and `fit` on in-memory numpy arrays gathers keras' own shuffled batches
+      directly (`fit.array_loader`).
+    """
+
+    def __call__(self, inputs, *args, **kwargs):
+        # On torch, skip keras' per-call bookkeeping when it would change nothing (backend/eager.py).
+        training = kwargs.get("training")
+        if not args and set(kwargs) == {"training"} and eager.can_call_directly(self, inputs, training):
+            return self.call(inputs, training=training)
+        return super().__call__(inputs, *args, **kwargs)
+
+    def train_step(self, *args):
+        # On torch, the running loss mean without keras' Mean overhead (backend/fit.py).
+        if torch_fit.can_step_directly(self):
+            return torch_fit.train_step(self, *args)
+        return super().train_step(*args)
+
+    def test_step(self, *args):
+        if torch_fit.can_step_directly(self):
+            return torch_fit.test_step(self, *args)
+        return super().test_step(*args)
+
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+        """`keras.Model.compile` with the backend's fastest settings as defaults (see the class)."""
+        if isinstance(optimizer, keras.optimizers.Optimizer):
+            rate = optimizer.get_config().get("learning_rate")  # a float, a serialized schedule, or absent
+            if isinstance(rate, (int, float)):
+                check_learning_rate(rate, name="optimizer learning_rate")
+        backend = keras.backend.backend()
+        eager_run = bool(kwargs.get("run_eagerly"))
+        if steps_per_execution is None:
+            # Amortises fit()'s per-step host work (callback dispatch, state
+            # bookkeeping, one compiled-function call per batch) over 32 batches.
+            steps_per_execution = 1 if eager_run or backend == "torch" else 32
+        if jit_compile is None:
+            jit_compile = "auto"
+            # Not for a layer without XLA support: keras would warn and fall back.
+            if backend == "tensorflow" and not eager_run and all(
+                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
+            ):
+                jit_compile = True
+        super().compile(
+            optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile, **kwargs
+        )
+
+    def compile_from_config(self, config):
+        """Recompile a loaded model with its saved optimizer and settings (keras skips custom compiles)."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
-class SiameseModel(keras.Model):
+class SiameseModel(_FastModel):
     """One backbone shared by the anchor, positive and negative branches.
 
     ``model((anchor, positive, negative))`` returns the three embeddings. The
@@ -93,15 +172,8 @@ class SiameseModel(keras.Model):
     moving averages once per step, as a single forward pass of all the
     images would.
 
-    On PyTorch, where every step runs in Python, three parts of keras'
-    per-step work are done more cheaply, with bit-identical results: the
-    model and a functional backbone of keras' own layers skip keras'
-    per-layer call bookkeeping (`siamese_k3.backend.eager`, ~0.3 ms per
-    layer); the train and test steps keep the running loss mean with two
-    in-place additions instead of `keras.metrics.Mean` (~0.4 ms), when the
-    loss is the only metric; and `fit` on in-memory float32 numpy triplets
-    gathers keras' own shuffled batches faster (~0.3 ms; both in
-    `siamese_k3.backend.fit`).
+    `compile` defaults to each backend's fastest settings, and on PyTorch
+    keras' per-step work is trimmed with the same results (`_FastModel`).
 
     `model.backbone` is the standalone embedding network: train here, then
     ``model.backbone.predict(images)``; no weight copying.
@@ -126,13 +198,6 @@ class SiameseModel(keras.Model):
         if not self.backbone.built and input_shape is not None:
             self.backbone.build(split_triplet(input_shape)[0])
         self.built = True
-
-    def __call__(self, inputs, *args, **kwargs):
-        # On torch, skip keras' per-call bookkeeping when it would change nothing (backend/eager.py).
-        training = kwargs.get("training")
-        if not args and set(kwargs) == {"training"} and eager.can_call_directly(self, inputs, training):
-            return self.call(inputs, training=training)
-        return super().__call__(inputs, *args, **kwargs)
 
     def call(self, inputs, training=None):
         anchor, positive, negative = split_triplet(inputs)
@@ -159,89 +224,30 @@ class SiameseModel(keras.Model):
             loss = loss + ops.cast(ops.sum(extra), loss.dtype)
         return loss
 
-    def train_step(self, *args):
-        # On torch, the running loss mean without keras' Mean overhead (backend/fit.py).
-        if torch_fit.can_step_directly(self):
-            return torch_fit.train_step(self, *args)
-        return super().train_step(*args)
-
-    def test_step(self, *args):
-        if torch_fit.can_step_directly(self):
-            return torch_fit.test_step(self, *args)
-        return super().test_step(*args)
-
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)
         if y is None and sample_weight is None and not args:
-            x, kwargs = _torch_batches(x, kwargs)
+            x, y, kwargs = _torch_batches(x, None, kwargs)
         return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)
         return super().evaluate(x, y, *args, sample_weight=sample_weight, **kwargs)
 
-    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
+    def compile(self, optimizer="adam", **kwargs):
         """`keras.Model.compile` with Adam and the backend's fastest settings as defaults.
 
         The loss is built in (set margin/distance/soft on the model). Left as
-        None, `steps_per_execution` and `jit_compile` take the values measured
-        fastest on each backend (benchmarks/RESULTS.md):
-
-        - jax: ``steps_per_execution=32``, ``jit_compile="auto"`` (XLA);
-        - tensorflow: ``steps_per_execution=32``, ``jit_compile=True`` (XLA,
-          also on CPU, where keras' ``"auto"`` leaves it off) unless a layer
-          does not support XLA;
-        - torch: keras' defaults, ``steps_per_execution=1`` (the only value
-          keras supports on torch) and eager execution, with keras' per-step
-          overheads trimmed (see the class docstring). ``torch.compile``
-          (``jit_compile=True``) trims the small-MLP step further but costs
-          10-20 s of compilation per model, needs a C++ compiler (Triton on
-          GPU) and fails on some backbones (keras 3.15, torch 2.13), so it
-          stays opt-in.
-
-        With ``run_eagerly=True`` both keep keras' defaults. Any value passed
-        explicitly, ``"auto"`` included, is used as is.
-
-        With ``steps_per_execution=N > 1`` keras runs N batches per call:
-        batch-level callbacks (``on_train_batch_begin/end`` and the test and
-        predict ones) and the progress bar run once every N batches instead of
-        after each; epoch-level callbacks are unaffected. Pass
-        ``steps_per_execution=1`` when a callback must see every batch.
+        None, ``steps_per_execution`` and ``jit_compile`` take the values measured
+        fastest on each backend (see `_FastModel`: 32 and XLA on jax and
+        tensorflow, eager torch with keras' per-step overheads trimmed).
         """
         if kwargs.get("loss") is not None:
             raise ValueError(
                 "SiameseModel computes its own triplet loss: set margin/distance/soft "
                 "on the model instead of passing loss= to compile()."
             )
-        if isinstance(optimizer, keras.optimizers.Optimizer):
-            rate = optimizer.get_config().get("learning_rate")  # a float, a serialized schedule, or absent
-            if isinstance(rate, (int, float)):
-                check_learning_rate(rate, name="optimizer learning_rate")
-        backend = keras.backend.backend()
-        eager = bool(kwargs.get("run_eagerly"))
-        if steps_per_execution is None:
-            # Amortises fit()'s per-step host work (callback dispatch, state
-            # bookkeeping, one tf.function call per batch) over 32 batches.
-            steps_per_execution = 1 if eager or backend == "torch" else 32
-        if jit_compile is None:
-            jit_compile = "auto"
-            # Not for a layer without XLA support: keras would warn and fall back.
-            if backend == "tensorflow" and not eager and all(
-                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
-            ):
-                jit_compile = True
-        super().compile(
-            optimizer=optimizer,
-            steps_per_execution=steps_per_execution,
-            jit_compile=jit_compile,
-            **kwargs,
-        )
-
-    def compile_from_config(self, config):
-        """Recompile a loaded model with its saved optimizer and settings (keras skips custom compiles)."""
-        self.compile(**keras.saving.deserialize_keras_object(config))
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        super().compile(optimizer=optimizer, **kwargs)
 
     def get_config(self):
         return {
@@ -258,4 +264,66 @@ class SiameseModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(
             config["backbone"], custom_objects=custom_objects
         )
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class MiningModel(_FastModel):
+    """A backbone trained on labelled batches with an online-mining triplet loss.
+
+    The TF Addons pattern ``backbone.compile(loss=TripletSemiHardLoss())``,
+    ``backbone.fit(images, labels)``, on the fast path: ``model =
+    MiningModel(backbone)``, then ``model.compile(loss=...)`` and
+    ``model.fit(images, labels)`` as with any keras model. The loss gets
+    y_true = integer labels [B] and y_pred = embeddings [B, D] = backbone(images),
+    and mines its triplets inside each batch (`TripletSemiHardLoss`,
+    `TripletHardLoss`, `TripletBatchAllLoss`; any keras loss of that shape
+    works). Give it class-balanced batches (P classes × K images,
+    `siamese_k3.data.ClassBalancedBatches`) so that every anchor has positives.
+
+    What plain ``backbone.compile`` leaves at keras' defaults, `compile` sets
+    to each backend's fastest (`_FastModel`): XLA on tensorflow (keras'
+    ``"auto"`` leaves it off on the CPU), 32 steps per execution on jax and
+    tensorflow, and on torch keras' per-layer and per-step overheads trimmed,
+    channels-last convolutions without keras' layout copies included.
+    ``model(images)`` is ``backbone(images)``; `model.backbone` is the
+    embedding network, trained in place (save it alone with
+    `standalone_embedding`).
+
+    Args:
+        backbone: a `keras.Model` mapping one input batch to embeddings [B, D].
+    """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
+        self.backbone = backbone
+
+    def build(self, input_shape=None):
+        if not self.backbone.built and input_shape is not None:
+            self.backbone.build(input_shape)
+        self.built = True
+
+    def call(self, inputs, training=None):
+        return eager.forward(self.backbone, inputs, training)
+
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """`keras.Model.compile` with Adam, `TripletSemiHardLoss()` and the backend's fastest settings as defaults."""
+        if loss is None:
+            loss = TripletSemiHardLoss()
+        super().compile(optimizer=optimizer, loss=loss, **kwargs)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        if y is not None and not args and kwargs.get("sample_weight") is None:
+            x, y, kwargs = _torch_batches(x, y, kwargs)
+        return super().fit(x, y, *args, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         return cls(**config)

@@ -40,7 +40,7 @@ from siamese_k3.data.image_folders import find_pairs, split_pair_names
 from siamese_k3.errors import NonFiniteLossError, SiameseK3Error
 from siamese_k3.files import RunLock, atomic_path, write_json
 from siamese_k3.metrics import FractionPositiveTriplets
-from siamese_k3.models import SiameseModel, standalone_embedding
+from siamese_k3.models import MiningModel, SiameseModel, standalone_embedding
 
 RUN_FILES = (
     "config.json", "status.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
@@ -296,7 +296,7 @@ def _fit(data, config, out, resuming):
             data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config["seed"] + 1,
             **sampler,
         )
-        model = backbone
+        model = MiningModel(backbone)
         options = dict(margin=config["margin"], distance=config["distance"])
         compile_options = {"loss": losses.get(config["loss"], **options), "metrics": [FractionPositiveTriplets(**options)]}
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -305,7 +305,8 @@ def _fit(data, config, out, resuming):
     optimizer = precision.wrap_optimizer(keras.optimizers.Adam(schedule), config["mixed_precision"])
     model.compile(optimizer=optimizer, **compile_options)
     if not model.built:  # BackupAndRestore restores weights into a built model only
-        model(tuple(part[:1] for part in train_data[0][0]))
+        inputs = train_data[0][0]
+        model(tuple(part[:1] for part in inputs) if isinstance(model, SiameseModel) else inputs[:1])
     epoch_log, callbacks = training_callbacks(os.path.join(out, "backup"), _validation_callback(data, config, backbone))
     started = time.perf_counter()
     model.fit(

@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from siamese_k3.backend import fit as torch_fit
-from siamese_k3.models import SiameseModel
+from siamese_k3.losses import TripletSemiHardLoss
+from siamese_k3.metrics import FractionPositiveTriplets
+from siamese_k3.models import MiningModel, SiameseModel
 
 ON_TORCH = keras.backend.backend() == "torch"
 torch_only = pytest.mark.skipif(not ON_TORCH, reason="the direct steps and loader are torch-only")
@@ -43,7 +45,7 @@ def _triplets(count, seed=0, as_dict=False):
 def _keras_path():
     """keras' own train/test steps and array adapter (the reference)."""
     with mock.patch.object(torch_fit, "can_step_directly", lambda model: False), mock.patch.object(
-        torch_fit, "array_loader", lambda *args: None
+        torch_fit, "array_loader", lambda *args, **kwargs: None
     ):
         yield
 
@@ -82,8 +84,8 @@ def test_fit_uses_the_direct_step_and_the_loader():
     model = _model()
     loaders, original = [], torch_fit.array_loader
 
-    def recording_loader(*args):
-        loaders.append(original(*args))
+    def recording_loader(*args, **kwargs):
+        loaders.append(original(*args, **kwargs))
         return loaders[-1]
 
     with mock.patch.object(torch_fit, "train_step", wraps=torch_fit.train_step) as step, mock.patch.object(
@@ -128,10 +130,75 @@ def test_loader_declines_what_keras_converts_or_rejects(x):
 
 
 @torch_only
-def test_compiled_metrics_or_jit_use_keras_steps():
+def test_compiled_metrics_take_the_direct_step_jit_and_custom_metrics_do_not():
     assert torch_fit.can_step_directly(_model())
-    assert not torch_fit.can_step_directly(_model(metrics=[keras.metrics.Mean()]))
+    assert torch_fit.can_step_directly(_model(metrics=[keras.metrics.Mean()]))
     assert not torch_fit.can_step_directly(_model(jit_compile=True))
+
+    class OwnMetrics(SiameseModel):
+        def compute_metrics(self, x, y, y_pred, sample_weight=None):
+            return super().compute_metrics(x, y, y_pred, sample_weight)
+
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((20,))
+    own = OwnMetrics(keras.Model(inputs, keras.layers.Dense(8)(inputs)))
+    own.compile()
+    assert not torch_fit.can_step_directly(own)
+
+
+def _mining_model(seed=5):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6, 6, 1))
+    hidden = keras.layers.Conv2D(4, 3, padding="same")(inputs)
+    hidden = keras.layers.BatchNormalization()(hidden)
+    hidden = keras.layers.MaxPooling2D(2)(keras.layers.ReLU()(hidden))
+    model = MiningModel(keras.Model(inputs, keras.layers.Dense(5)(keras.layers.Flatten()(hidden))))
+    model.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=TripletSemiHardLoss(margin=0.5),
+        metrics=[FractionPositiveTriplets(margin=0.5)],
+    )  # fmt: skip
+    return model
+
+
+@torch_only
+@pytest.mark.parametrize("shuffle", [True, "batch"])
+def test_mining_fit_with_metrics_matches_keras_bit_for_bit(shuffle):
+    """MiningModel on labelled arrays: loader, direct step, compiled metric and layout kernels vs keras' path."""
+    rng = np.random.default_rng(2)
+    images, labels = rng.random((70, 6, 6, 1), dtype=np.float32), rng.integers(0, 4, 70).astype("int32")
+
+    def train(keras_path):
+        model = _mining_model()
+        with _keras_path() if keras_path else contextlib.nullcontext():
+            history = model.fit(
+                images, labels, batch_size=16, epochs=3, shuffle=shuffle, verbose=0,
+                validation_data=(images[:20], labels[:20]),
+            )  # fmt: skip
+        return history.history, model.get_weights()
+
+    (ours, our_weights), (reference, reference_weights) = train(False), train(True)
+    assert set(ours) == {"loss", "fraction_positive_triplets", "val_loss", "val_fraction_positive_triplets"}
+    assert ours == reference
+    for weight, expected in zip(our_weights, reference_weights):
+        np.testing.assert_array_equal(weight, expected)
+
+
+@torch_only
+@pytest.mark.parametrize("dtype", ["int32", "int64", "float32"])
+def test_loader_batches_of_images_and_labels_are_keras_batches(dtype):
+    from keras.src.trainers.epoch_iterator import EpochIterator
+
+    rng = np.random.default_rng(1)
+    images, labels = rng.random((37, 3), dtype=np.float32), np.arange(37).astype(dtype)
+    keras.utils.set_random_seed(11)
+    ours = list(torch_fit.array_loader(images, 8, True, y=labels))
+    keras.utils.set_random_seed(11)
+    reference = list(EpochIterator(x=images, y=labels, batch_size=8, shuffle=True).data_adapter.get_torch_dataloader())
+    assert len(ours) == len(reference) == 5
+    for (x, y), (x_ref, y_ref) in zip(ours, reference):
+        assert y.dtype == y_ref.dtype
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(x_ref))
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(y_ref))
 
 
 @torch_only
@@ -148,3 +215,4 @@ def test_other_backends_never_take_the_torch_path():
     model = _model()
     assert not torch_fit.can_step_directly(model)
     assert torch_fit.array_loader(_triplets(8), 4, True) is None
+    assert torch_fit.array_loader(np.zeros((8, 2), "float32"), 4, True, y=np.zeros(8, "int32")) is None

@@ -4,7 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_k3.models import SiameseModel
+from siamese_k3.losses import TripletBatchAllLoss, TripletSemiHardLoss
+from siamese_k3.models import MiningModel, SiameseModel
 
 DIM = 16
 NUM_CLASSES = 5
@@ -258,3 +259,80 @@ def test_nan_embeddings_give_a_nan_loss(rng):
     anchor = rng.normal(size=(8, 4)).astype("float32")
     anchor[5] = np.nan
     assert np.isnan(model.evaluate((anchor, anchor + 1, anchor - 1), batch_size=8, verbose=0))
+
+
+# --------------------------------------------------------------------------
+# MiningModel: a backbone trained with an online-mining loss, on the fast path
+# --------------------------------------------------------------------------
+
+
+def labelled_clusters(seed, count=96, classes=4):
+    """Points around one centre per class, labels int32."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=3.0, size=(classes, 6))
+    labels = rng.integers(0, classes, count).astype("int32")
+    return (centres[labels] + rng.normal(size=(count, 6))).astype("float32"), labels
+
+
+def mining_backbone(seed=4):
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((6,))
+    hidden = keras.layers.Dense(16, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(4)(hidden))
+
+
+def test_mining_model_trains_as_the_plain_backbone_does_with_the_same_settings():
+    """The reference is keras' own path: the backbone itself compiled with the settings MiningModel picks."""
+    x, y = labelled_clusters(0)
+    model = MiningModel(mining_backbone())
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=TripletSemiHardLoss(margin=0.5))
+    keras.utils.set_random_seed(1)
+    ours = model.fit(x, y, batch_size=32, epochs=3, verbose=0).history["loss"]
+    plain = mining_backbone()
+    plain.compile(
+        optimizer=keras.optimizers.Adam(1e-2), loss=TripletSemiHardLoss(margin=0.5),
+        jit_compile=model.jit_compile, steps_per_execution=model.steps_per_execution,
+    )  # fmt: skip
+    keras.utils.set_random_seed(1)
+    reference = plain.fit(x, y, batch_size=32, epochs=3, verbose=0).history["loss"]
+    np.testing.assert_allclose(ours, reference, rtol=1e-5)
+    assert reference[-1] < reference[0]
+    for mine, theirs in zip(model.backbone.get_weights(), plain.get_weights()):
+        np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_mining_model_compile_picks_each_backends_fastest_settings():
+    model = MiningModel(mining_backbone())
+    model.compile()
+    assert isinstance(model.loss, TripletSemiHardLoss)
+    expected = {
+        "jax": (True, 32),  # keras resolves "auto" to XLA on jax
+        "tensorflow": (True, 32),
+        "torch": (False, 1),
+    }[keras.backend.backend()]
+    assert (bool(model.jit_compile), model.steps_per_execution) == expected
+    explicit = MiningModel(mining_backbone())
+    explicit.compile(steps_per_execution=1, jit_compile=False)
+    assert (explicit.jit_compile, explicit.steps_per_execution) == (False, 1)
+
+
+def test_mining_model_call_is_the_backbone_and_round_trips(tmp_path):
+    x, y = labelled_clusters(1, count=32)
+    model = MiningModel(mining_backbone())
+    model.compile(loss=TripletBatchAllLoss(margin=0.3))
+    model.fit(x, y, batch_size=16, epochs=1, verbose=0)
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(model(x)), model.backbone.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+    model.save(tmp_path / "mining.keras")
+    loaded = keras.models.load_model(tmp_path / "mining.keras")
+    assert isinstance(loaded, MiningModel) and isinstance(loaded.loss, TripletBatchAllLoss)
+    assert loaded.loss.options["margin"] == 0.3
+    np.testing.assert_allclose(
+        loaded.backbone.predict(x, verbose=0), model.backbone.predict(x, verbose=0), rtol=1e-6, atol=1e-6
+    )
+
+
+def test_mining_model_needs_a_keras_model():
+    with pytest.raises(TypeError, match="backbone must be a keras.Model"):
+        MiningModel(keras.layers.Dense(4))

@@ -16,13 +16,17 @@ single-output, a mask on the input, an input dtype or rank the model would
 convert, a distribution, or a layer with an activity regulariser, a dtype
 policy other than float32 (mixed precision, quantisation) or rematerialisation.
 Layers of other classes (custom or subclassed ones included) inside the
-graph are called through `__call__` as usual.
+graph are called through `__call__` as usual. Channels-last Conv2D and
+MaxPooling2D layers run through `siamese_k3.backend.layout`, which hands torch
+the same memory without the layout copies keras' own call makes.
 """
 
 import inspect
 import weakref
 
 import keras
+
+from siamese_k3.backend import layout
 
 try:  # keras internals this module relies on; without them keras' normal call is always used
     from keras.src.backend.common.masking import get_keras_mask
@@ -97,7 +101,7 @@ def _plain_float32(tensor):
 def _plan(model):
     """The graph that runs `model` as (input id, input rank, output id, steps), or None; cached per graph.
 
-    A step is (kind, operation, arguments, output ids, passes training).
+    A step is (kind, operation, arguments, output ids, passes training, fast kernel or None).
     """
     graph = _functional(model)
     if graph is None:
@@ -145,7 +149,8 @@ def _build_plan(graph):
                     else "training" in context
                 )
                 outputs = [id(tensor) for tensor in keras.tree.flatten(node.outputs)]
-                steps.append((kind, operation, node.arguments, outputs, passes_training))
+                fast = layout.kernel(operation) if kind == _DIRECT else None
+                steps.append((kind, operation, node.arguments, outputs, passes_training, fast))
         return (id(spec), len(spec.shape), id(graph.outputs[0]), steps)
     except (AttributeError, TypeError, ValueError):  # a keras whose internals differ
         return None
@@ -158,7 +163,7 @@ def _accepts(plan, inputs):
 
 def _vouched(plan):
     """Whether every directly called layer, nested ones included, is still fit for it (checked before running)."""
-    for kind, operation, _, _, _ in plan[3]:
+    for kind, operation, *_ in plan[3]:
         if kind == _DIRECT and not _direct_ok(operation):
             return False
         if kind == _NESTED and _direct_ok(operation):
@@ -180,12 +185,14 @@ def _run(plan, inputs, training):
     """The graph's output, each layer of `_DIRECT_LAYERS` run through its `call`."""
     input_id, _, output_id, steps = plan
     values = {input_id: inputs}
-    for kind, operation, arguments, outputs, passes_training in steps:
+    for kind, operation, arguments, outputs, passes_training, fast in steps:
         args, kwargs = arguments.fill_in(values)
         if passes_training and training is not None:
             kwargs["training"] = training
         nested = _plan(operation) if kind == _NESTED and len(args) == 1 and _direct_ok(operation) else None
-        if kind == _DIRECT:
+        if fast is not None and len(args) == 1 and not kwargs:
+            result = fast(operation, args[0])
+        elif kind == _DIRECT:
             result = operation.call(*args, **kwargs)
         elif nested is not None and _accepts(nested, args[0]):
             result = _run(nested, args[0], kwargs.get("training"))
