@@ -80,13 +80,24 @@ def can_call_directly(layer, inputs, training):
 
 
 def eager_torch():
-    """Whether keras runs on torch, eagerly: no autocast scope, no distribution."""
+    """Whether keras runs on torch, eagerly: no autocast scope, no distribution, not inside torch.compile.
+
+    Under ``jit_compile=True`` (torch.compile) keras' own calls are traced as they are:
+    the shortcuts here save Python time, which a compiled step does not spend.
+    """
     return (
         keras.backend.backend() == "torch"
         and get_autocast_scope is not None
         and get_autocast_scope() is None
         and keras.distribution.distribution() is None
+        and not _compiling()
     )
+
+
+def _compiling():
+    import torch
+
+    return torch.compiler.is_compiling()
 
 
 def _plain_float32(tensor):
