@@ -94,8 +94,9 @@ class _FastModel(keras.Model):
     - On PyTorch, where every step runs in Python, keras' per-step work is done
       more cheaply with the same results (`siamese_k3.backend`): the model and a
       functional backbone of keras' own layers skip keras' per-layer call
-      bookkeeping, and channels-last Conv2D / MaxPooling2D skip the layout
-      copies keras makes around each call (`eager`, `layout`); the train and
+      bookkeeping, and Conv2D / MaxPooling2D / Dense / Activation run the
+      torch ops keras' own calls end in, without its layout copies and per-op
+      dispatch (`eager`, `kernels`); the train and
       test steps keep the running loss mean with in-place additions (`fit`);
       and `fit` on in-memory numpy arrays gathers keras' own shuffled batches
       directly (`fit.array_loader`).

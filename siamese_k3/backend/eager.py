@@ -16,9 +16,9 @@ single-output, a mask on the input, an input dtype or rank the model would
 convert, a distribution, or a layer with an activity regulariser, a dtype
 policy other than float32 (mixed precision, quantisation) or rematerialisation.
 Layers of other classes (custom or subclassed ones included) inside the
-graph are called through `__call__` as usual. Channels-last Conv2D and
-MaxPooling2D layers run through `siamese_k3.backend.layout`, which hands torch
-the same memory without the layout copies keras' own call makes.
+graph are called through `__call__` as usual. Conv2D, MaxPooling2D, Dense and
+Activation layers run through `siamese_k3.backend.kernels`: the same torch ops
+without keras' layout copies and per-op dispatch.
 """
 
 import inspect
@@ -26,7 +26,7 @@ import weakref
 
 import keras
 
-from siamese_k3.backend import layout
+from siamese_k3.backend import kernels
 
 try:  # keras internals this module relies on; without them keras' normal call is always used
     from keras.src.backend.common.masking import get_keras_mask
@@ -160,7 +160,7 @@ def _build_plan(graph):
                     else "training" in context
                 )
                 outputs = [id(tensor) for tensor in keras.tree.flatten(node.outputs)]
-                fast = layout.kernel(operation) if kind == _DIRECT else None
+                fast = kernels.kernel(operation) if kind == _DIRECT else None
                 steps.append((kind, operation, node.arguments, outputs, passes_training, fast))
         return (id(spec), len(spec.shape), id(graph.outputs[0]), steps)
     except (AttributeError, TypeError, ValueError):  # a keras whose internals differ
@@ -201,7 +201,7 @@ def _run(plan, inputs, training):
         if passes_training and training is not None:
             kwargs["training"] = training
         nested = _plan(operation) if kind == _NESTED and len(args) == 1 and _direct_ok(operation) else None
-        if fast is not None and len(args) == 1 and not kwargs:
+        if fast is not None and len(args) == 1 and set(kwargs) <= {"training"}:  # the kernels' layers ignore it
             result = fast(operation, args[0])
         elif kind == _DIRECT:
             result = operation.call(*args, **kwargs)

@@ -100,11 +100,23 @@ def _track(tracker, loss, x):
     """tracker.update_state(loss, sample_weight=B) of a `Mean`: total += loss·B, count += B."""
     import torch
 
-    batch_size = next(tensor for tensor in keras.tree.flatten(x) if tensor is not None).shape[0]
+    batch_size = _batch_size(x)
     total, count = tracker.total.value, tracker.count.value
     with torch.no_grad():
         total.add_(loss.detach().to(total.dtype) * float(batch_size))
         count.add_(float(batch_size))
+
+
+def _batch_size(x):
+    """Rows of the first tensor in `x` (keras flattens the structure; a tuple, list or dict is read directly)."""
+    first = x
+    if isinstance(x, (tuple, list)) and x:
+        first = x[0]
+    elif isinstance(x, dict) and x:
+        first = next(iter(x.values()))
+    if first is None or isinstance(first, (tuple, list, dict)):
+        first = next(tensor for tensor in keras.tree.flatten(x) if tensor is not None)
+    return first.shape[0]
 
 
 def _result(tracker):

@@ -1,6 +1,9 @@
-"""Keras' channels-last Conv2D and MaxPooling2D on PyTorch, without the copies around each call.
+"""keras' own layers on PyTorch, computed by the same torch ops without keras' per-call overhead.
 
-keras' torch backend (3.15) runs a channels-last ``Conv2D`` on an NHWC tensor as
+Two kinds of waste in keras' torch backend (3.15) are skipped here, each layer still giving
+keras' results bit for bit:
+
+**Layout copies.** keras runs a channels-last ``Conv2D`` on an NHWC tensor as
 
     NHWC → permute to NCHW → copy contiguous (NCHW memory)
          → copy again into torch's channels_last memory format → conv2d → permute back,
@@ -9,19 +12,22 @@ and a ``MaxPooling2D`` as permute → contiguous NCHW copy → max_pool2d → pe
 NHWC-contiguous tensor, permuted to NCHW, already *is* a channels_last tensor in torch's terms
 (strides H·W·C, 1, W·C, C): the two copies produce exactly the memory the permutation gives for
 free. On a 2-core CPU those copies cost more than the pooling itself (a 256×28×28×32 max-pool:
-~20 ms with keras' copy, ~2 ms without).
+~20 ms with keras' copy, ~2 ms without). `conv2d` hands ``F.conv2d`` the permuted view with
+keras' own channels_last kernel, then adds keras' bias and activation: keras' values bit for bit.
+`max_pool2d` hands ``F.max_pool2d`` the view: a maximum is exact, so the values are keras'; among
+exactly equal values in a window the gradient may go to another one of them.
 
-Here the same torch kernels receive the permuted view:
+**Dispatch.** Each keras op on torch converts and checks its inputs and dtypes in Python
+(~15–25 µs), and ``Dense.kernel`` resolves quantisation modes on every access: a small Dense layer
+spends more time there than in its matmul. `dense` and `activation` call the torch ops keras'
+``Dense.call`` and ``Activation.call`` end in (``torch.matmul``, ``torch.add``, ``torch.relu``)
+directly.
 
-- `conv2d`: ``F.conv2d`` on the same channels_last memory with keras' own channels_last
-  kernel, then keras' bias add and activation: the values keras computes, bit for bit.
-- `max_pool2d`: ``F.max_pool2d`` on the channels_last view. A maximum is exact, so the
-  values are keras'; among exactly equal values in a window the gradient may go to another
-  one of them (torch's channels_last kernel scans in its own order).
-
-Only for what keras would compute the same way: float32 NHWC inputs of rank 4, groups 1,
-``valid`` or symmetric ``same`` padding. `kernel(layer)` returns None otherwise, and the
-caller uses the layer's own `call`. torch is imported only when a kernel runs.
+Only for what keras would compute the same way: float32 inputs, channels-last 4-D inputs with
+groups 1 and ``valid`` or symmetric ``same`` padding for the convolutions, no LoRA, no
+quantisation, relu or linear activations for the dispatch-free calls. `kernel(layer)` returns
+None otherwise, and the caller uses the layer's own `call`. torch is imported only when a kernel
+runs.
 """
 
 import keras
@@ -35,7 +41,52 @@ def kernel(layer):
         return conv2d
     if kind is keras.layers.MaxPooling2D and _pool_supported(layer):
         return max_pool2d
+    if kind is keras.layers.Dense and _dense_supported(layer):
+        return dense
+    if kind is keras.layers.Activation and _activation_function(layer.activation) is not None:
+        return activation
     return None
+
+
+def _plain(layer):
+    return not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
+
+
+def _dense_supported(layer):
+    return _plain(layer) and _activation_function(layer.activation) is not None
+
+
+def _activation_function(function):
+    """The torch function keras' activation `function` ends in, for relu and linear; else None."""
+    if function is keras.activations.relu:
+        return "relu"
+    if function is keras.activations.linear or function is None:
+        return "linear"
+    return None
+
+
+def _activate(name, outputs):
+    import torch
+
+    return torch.relu(outputs) if name == "relu" else outputs
+
+
+def dense(layer, inputs):
+    """`keras.layers.Dense.call`: torch.matmul(x, kernel), + bias, relu or linear, as keras' ops compute them."""
+    import torch
+
+    if inputs.dtype != torch.float32:
+        return layer.call(inputs)
+    weights = layer.kernel
+    outputs = torch.matmul(inputs, getattr(weights, "value", weights))
+    if layer.bias is not None:
+        outputs = torch.add(outputs, layer.bias.value)
+    return _activate(_activation_function(layer.activation), outputs)
+
+
+def activation(layer, inputs):
+    """`keras.layers.Activation.call` for relu and linear."""
+    return _activate(_activation_function(layer.activation), inputs)
 
 
 def _conv_supported(layer):
@@ -43,7 +94,7 @@ def _conv_supported(layer):
         layer.data_format == "channels_last"
         and layer.groups == 1
         and layer.padding in ("valid", "same")
-        and not getattr(layer, "lora_enabled", False)
+        and _plain(layer)
     )
 
 
