@@ -71,7 +71,10 @@ def _torch_batches(x, y, fit_kwargs):
 
 
 class _FastModel(keras.Model):
-    """What every siamese_k3 training model shares: the backend's fastest settings, by default.
+    """What every siamese_k3 training model shares: a backbone, and the backend's fastest settings by default.
+
+    - ``backbone``: a `keras.Model` mapping one input batch to embeddings
+      [B, D], serialized with the model (`get_config` / `from_config`).
 
     - `compile`: left as None, ``steps_per_execution`` and ``jit_compile`` take
       the values measured fastest on each backend (benchmarks/RESULTS.md):
@@ -101,6 +104,21 @@ class _FastModel(keras.Model):
       and `fit` on in-memory numpy arrays gathers keras' own shuffled batches
       directly (`fit.array_loader`).
     """
+
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        if not isinstance(backbone, keras.Model):
+            raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
+        self.backbone = backbone
+
+    def get_config(self):
+        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
+        return cls(**config)
 
     def __call__(self, inputs, *args, **kwargs):
         # On torch, skip keras' per-call bookkeeping when it would change nothing (backend/eager.py).
@@ -187,10 +205,7 @@ class SiameseModel(_FastModel):
     """
 
     def __init__(self, backbone, margin=1.0, distance="euclidean", soft=False, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
-        self.backbone = backbone
+        super().__init__(backbone, **kwargs)
         self.margin = float(check_margin(margin))
         self.distance = check_distance(distance)
         self.soft = bool(soft)
@@ -253,19 +268,10 @@ class SiameseModel(_FastModel):
     def get_config(self):
         return {
             **super().get_config(),
-            "backbone": keras.saving.serialize_keras_object(self.backbone),
             "margin": self.margin,
             "distance": self.distance,
             "soft": self.soft,
         }
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(
-            config["backbone"], custom_objects=custom_objects
-        )
-        return cls(**config)
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
@@ -295,12 +301,6 @@ class MiningModel(_FastModel):
         backbone: a `keras.Model` mapping one input batch to embeddings [B, D].
     """
 
-    def __init__(self, backbone, **kwargs):
-        super().__init__(**kwargs)
-        if not isinstance(backbone, keras.Model):
-            raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
-        self.backbone = backbone
-
     def build(self, input_shape=None):
         if not self.backbone.built and input_shape is not None:
             self.backbone.build(input_shape)
@@ -319,12 +319,3 @@ class MiningModel(_FastModel):
         if y is not None and not args and kwargs.get("sample_weight") is None:
             x, y, kwargs = _torch_batches(x, y, kwargs)
         return super().fit(x, y, *args, **kwargs)
-
-    def get_config(self):
-        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
-
-    @classmethod
-    def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
-        return cls(**config)

@@ -58,11 +58,8 @@ def train_step(model, data):
     """
     import torch
 
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     model.zero_grad()
-    y_pred = model(x, training=True)
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=True)
-    _track(model._loss_tracker, loss, x)
+    loss, y, y_pred, sample_weight = _tracked_loss(model, data, training=True)
     trainable_weights = model.trainable_weights[:]
     if trainable_weights:
         model.optimizer.scale_loss(loss).backward()
@@ -76,23 +73,32 @@ def train_step(model, data):
 
 def test_step(model, data):
     """keras' `TorchTrainer.test_step` with the loss mean kept as in `train_step`."""
-    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-    y_pred = model(x, training=False)
-    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=False)
-    _track(model._loss_tracker, loss, x)
+    _, y, y_pred, sample_weight = _tracked_loss(model, data, training=False)
     return _logs(model, y, y_pred, sample_weight)
 
 
+def _tracked_loss(model, data, training):
+    """(loss, y, y_pred, sample_weight) of the batch (forward pass and `compute_loss`); the loss is added to the tracker."""
+    x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+    y_pred = model(x, training=training)
+    loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
+    _track(model._loss_tracker, loss, x)
+    return loss, y, y_pred, sample_weight
+
+
 def _logs(model, y, y_pred, sample_weight):
-    """keras' `compute_metrics`: update the compiled metrics, then every metric's result."""
-    tracker, compiled = model._loss_tracker, model._compile_metrics
-    if compiled is None or len(model.metrics) == 1:
-        return _result(tracker)
-    compiled.update_state(y, y_pred, sample_weight)
-    logs = {}
-    for metric in model.metrics:
-        result = _result(tracker) if metric is tracker else metric.result()
-        logs.update(result if isinstance(result, dict) else {metric.name: result})
+    """keras' `compute_metrics`: update the compiled metrics, then the loss tracker's and their results.
+
+    `can_step_directly` has checked that ``model.metrics`` is exactly the loss
+    tracker followed by the compiled metrics (if any), so they are read directly
+    rather than through that property, which walks every layer.
+    """
+    logs = _result(model._loss_tracker)
+    compiled = model._compile_metrics
+    if compiled is not None:
+        compiled.update_state(y, y_pred, sample_weight)
+        result = compiled.result()
+        logs.update(result if isinstance(result, dict) else {compiled.name: result})
     return logs
 
 
