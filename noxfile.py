@@ -1,13 +1,14 @@
 """Test sessions, one per Keras backend, each installing keras plus ONLY that backend.
 
-    nox                      # the three test sessions + the cross-backend portability check
+    nox                      # the three test sessions, the portability check, the distributed runs
     nox -s "tests(backend='jax')"
+    nox -s distributed       # 2-process data-parallel training on each backend's own engine (CPU)
     nox -s bench             # benchmarks, not run by default
 """
 
 import nox
 
-nox.options.sessions = ["tests", "portability"]
+nox.options.sessions = ["tests", "portability", "distributed"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -26,7 +27,17 @@ def tests(session, backend):
         f"present = [m for m in {others!r} if importlib.util.find_spec(m)]; "
         "sys.exit(f'other backends installed: {present}' if present else 0)",
     )
-    session.run("pytest", "-m", "not portability", *session.posargs, env={"KERAS_BACKEND": backend})
+    session.run(
+        "pytest", "-m", "not portability and not distributed", *session.posargs, env={"KERAS_BACKEND": backend}
+    )
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def distributed(session, backend):
+    """Data-parallel training launched as users launch it (torchrun, jax.distributed, TF_CONFIG), 2 processes on CPU."""
+    session.install(*CONSTRAINTS, "-e", f".[{backend},test]")
+    session.run("pytest", "-m", "distributed", *session.posargs, env={"KERAS_BACKEND": backend})
 
 
 @nox.session

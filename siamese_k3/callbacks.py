@@ -13,6 +13,7 @@ import keras
 import numpy as np
 
 from siamese_k3 import evaluation
+from siamese_k3.backend import distributed
 from siamese_k3.errors import NonFiniteLossError
 
 LIKELY_CAUSES = (
@@ -75,7 +76,7 @@ class _EmbeddingValidation(keras.callbacks.Callback):
 
     def embed(self, images):
         model = self.embedding_model or getattr(self.model, "backbone", self.model)
-        return np.asarray(model.predict(images, batch_size=self.batch_size, verbose=0))
+        return distributed.predict(model, images, self.batch_size)  # model.predict, or local under data parallelism
 
     def metrics(self):
         raise NotImplementedError

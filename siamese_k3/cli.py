@@ -73,7 +73,12 @@ def build_parser():
     train.add_argument("--skip-unpaired", action="store_true", help="pairs: warn about unpaired files instead")
     train.add_argument("--mixed-precision", choices=("mixed_bfloat16", "mixed_float16"))
     train.add_argument("--data-parallel", action="store_true",
-                       help="jax: split each batch over all devices (keras.distribution.DataParallel)")
+                       help="split each global batch over all devices and processes with the backend's own engine: "
+                       "jax keras.distribution, tensorflow tf.distribute, torch torch.distributed under torchrun "
+                       "(README, Scale out)")
+    train.add_argument("--collective-timeout", type=_positive_int, default=600, metavar="SECONDS",
+                       help="--data-parallel: fail when the other processes do not answer for this long "
+                       "(default: %(default)s)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
 
     evaluate = commands.add_parser("evaluate", help="recompute the metrics of a run")
@@ -172,6 +177,11 @@ def main(argv=None):
     try:
         choose_backend(args.backend, argv)
         from siamese_k3 import runs
+
+        if os.environ.get("SIAMESE_K3_DEBUG"):  # whole tracebacks, keras' frames included
+            import keras
+
+            keras.config.disable_traceback_filtering()
 
         return getattr(runs, args.command)(args) or 0
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import math
 import keras
 from keras import ops
 
+from siamese_k3.backend import distributed
 from siamese_k3.checks import check_labels, check_margin
 from siamese_k3.distances import (
     check_distance,
@@ -317,14 +318,24 @@ class TripletLoss(_ConfiguredLoss):
 
 
 class _MiningLoss(_ConfiguredLoss):
-    """y_true = labels [B] or [B, 1]; y_pred = embeddings [B, D]."""
+    """y_true = labels [B] or [B, 1]; y_pred = embeddings [B, D].
+
+    Under data-parallel training (`siamese_k3.parallel.DataParallel`) each
+    replica holds its rows of the global batch: the loss gathers every
+    replica's labels and embeddings first, so mining sees the global batch, and
+    the gradient reaches each replica's own embeddings once
+    (`siamese_k3.backend.distributed.gather`). The loss is then that of one
+    device on the global batch, times the engine's `loss_scale`.
+    """
 
     def __call__(self, y_true, y_pred, sample_weight=None):
         check_labels(y_true, y_pred)  # before keras casts the labels to float32
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
-        return type(self).loss_fn(y_true, y_pred, **self.options)
+        labels, embeddings = distributed.gather(y_true), distributed.gather(y_pred)
+        loss, scale = type(self).loss_fn(labels, embeddings, **self.options), distributed.loss_scale()
+        return loss if scale == 1.0 else loss * scale
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from siamese_k3.backend import eager, fit as torch_fit
+from siamese_k3.backend import distributed, eager, fit as torch_fit
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
@@ -128,15 +128,27 @@ class _FastModel(keras.Model):
         return super().__call__(inputs, *args, **kwargs)
 
     def train_step(self, *args):
-        # On torch, the running loss mean without keras' Mean overhead (backend/fit.py).
+        # On torch, the running loss mean without keras' Mean overhead, and the
+        # gradients averaged over the ranks under data-parallel training (backend/fit.py).
         if torch_fit.can_step_directly(self):
             return torch_fit.train_step(self, *args)
-        return super().train_step(*args)
+        torch_fit.check_not_data_parallel(self)
+        return distributed.replica_logs(super().train_step(*args))
 
     def test_step(self, *args):
         if torch_fit.can_step_directly(self):
             return torch_fit.test_step(self, *args)
-        return super().test_step(*args)
+        return distributed.replica_logs(super().test_step(*args))
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # keras' own (tensorflow) reads one distributed batch and reduces it with
+        # strategy.reduce, which MultiWorkerMirroredStrategy refuses for a (x, y)
+        # tuple; and reading ahead would drop that batch. Under data-parallel
+        # training build from the dataset's spec instead (backend/distributed).
+        signature = distributed.input_signature()
+        if signature is not None and data_batch is None:
+            return super()._maybe_symbolic_build(data_batch=signature)
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
         """`keras.Model.compile` with the backend's fastest settings as defaults (see the class)."""
@@ -150,10 +162,13 @@ class _FastModel(keras.Model):
             # Amortises fit()'s per-step host work (callback dispatch, state
             # bookkeeping, one compiled-function call per batch) over 32 batches.
             steps_per_execution = 1 if eager_run or backend == "torch" else 32
+            # keras 3.15's multi-step loop fails under MultiWorkerMirroredStrategy ("destinations can not be empty").
+            steps_per_execution = min(steps_per_execution, distributed.max_steps_per_execution())
         if jit_compile is None:
             jit_compile = "auto"
             # Not for a layer without XLA support: keras would warn and fall back.
-            if backend == "tensorflow" and not eager_run and all(
+            # Nor under tf.distribute, where keras' "auto" leaves XLA off.
+            if backend == "tensorflow" and not eager_run and distributed.current() is None and all(
                 getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
             ):
                 jit_compile = True
@@ -238,7 +253,10 @@ class SiameseModel(_FastModel):
             loss = ops.mean(per_triplet)
         for extra in self.losses:  # regularisers and add_loss() of the backbone
             loss = loss + ops.cast(ops.sum(extra), loss.dtype)
-        return loss
+        # Each replica's mean over its own triplets: scaled so the engine's gradient reduction
+        # gives one device's gradient on the global batch (backend/distributed).
+        scale = distributed.loss_scale()
+        return loss if scale == 1.0 else loss * scale
 
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)

@@ -10,12 +10,14 @@ folder's lock (`siamese_k3.files.RunLock`) while they write, and every file is
 written atomically.
 """
 
+import contextlib
 import importlib.util
 import inspect
 import json
 import os
 import shutil
 import sys
+import tempfile
 import time
 import warnings
 
@@ -23,7 +25,7 @@ import keras
 import numpy as np
 
 from siamese_k3 import backbones, evaluation, losses, plots, precision, recipes
-from siamese_k3.backend import flush_denormals
+from siamese_k3.backend import distributed, flush_denormals
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, StopOnNonFiniteLoss
 from siamese_k3.data import (
     CLASS_NAMES,
@@ -41,6 +43,7 @@ from siamese_k3.errors import NonFiniteLossError, SiameseK3Error
 from siamese_k3.files import RunLock, atomic_path, write_json
 from siamese_k3.metrics import FractionPositiveTriplets
 from siamese_k3.models import MiningModel, SiameseModel, standalone_embedding
+from siamese_k3.parallel import DataParallel
 
 RUN_FILES = (
     "config.json", "status.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
@@ -55,6 +58,7 @@ VALIDATION_STEPS = 10
 
 
 def train(args):
+    parallel = _start_data_parallel(args) if getattr(args, "data_parallel", False) else None
     pairs_dir = args.dataset[len("pairs:"):] if args.dataset.startswith("pairs:") else None
     defaults = recipes.defaults(getattr(args, "recipe", "default"), pairs=bool(pairs_dir))
     config = {key: getattr(args, key, None) for key in vars(args)}
@@ -70,36 +74,64 @@ def train(args):
         )
     config["backend"] = keras.backend.backend()
     out = config["out"] = config["out"] or os.path.join("runs", pairs_dir and "pairs" or args.dataset)
-    with RunLock(out):
-        _train_in(out, config, pairs_dir, args.overwrite)
+    if parallel is None or parallel.is_chief:
+        with RunLock(out):
+            _train_in(out, config, pairs_dir, args.overwrite, parallel)
+    else:  # the other processes train beside the chief and write nothing
+        _train_in(out, config, pairs_dir, args.overwrite, parallel)
 
 
-def _train_in(out, config, pairs_dir, overwrite):
-    """`train` once the run folder is locked: fit, save, evaluate; status.json says how it ended."""
-    resuming = _prepare_run_folder(out, config, overwrite)
+def _start_data_parallel(args):
+    """`siamese_k3.parallel.DataParallel` for --data-parallel, its failures as one-line errors."""
+    try:
+        return DataParallel(timeout_seconds=args.collective_timeout)
+    except (RuntimeError, ValueError) as error:
+        raise SiameseK3Error(f"--data-parallel: {error}") from None
+
+
+def _train_in(out, config, pairs_dir, overwrite, parallel=None):
+    """`train` once the run folder is locked: fit, save, evaluate; status.json says how it ended.
+
+    Under --data-parallel every process trains; only the chief (rank 0) writes
+    the run folder, saves, evaluates and prints.
+    """
+    chief = parallel is None or parallel.is_chief
+    if chief:
+        resuming = _prepare_run_folder(out, config, overwrite)
+    if parallel is not None:
+        parallel.barrier()  # the chief has prepared the folder (and removed an old run under --overwrite)
+        resuming = os.path.isdir(os.path.join(out, "backup"))
+        config["quiet"] = config["quiet"] or not chief
     keras.utils.set_random_seed(config["seed"])
     flush_denormals()
     precision.set_precision(config["mixed_precision"])
     try:
-        if config.get("data_parallel"):
-            config["data_parallel_devices"] = set_data_parallel(_train_batch_size(config, pairs_dir))
+        if parallel is not None:
+            config["data_parallel_devices"] = _check_data_parallel(parallel, _train_batch_size(config, pairs_dir))
+            config["data_parallel_processes"] = parallel.processes
         if pairs_dir:
             data = _pairs_data(pairs_dir, config)
         else:
             data = _labelled_data(config)
-        write_json(os.path.join(out, "config.json"), config)
-        model, embedding_model, history, seconds = _fit(data, config, out, resuming)
+        if chief:
+            write_json(os.path.join(out, "config.json"), config)
+        model, embedding_model, history, seconds = _fit(data, config, out, resuming, parallel)
     except NonFiniteLossError as error:
         checkpoint = os.path.isfile(os.path.join(out, "backup", "latest.weights.h5"))
         resumable = " Rerunning the same command resumes it from the last finished epoch." if checkpoint else ""
-        _write_status(out, "failed", f"{error}{resumable}")
+        if chief:
+            _write_status(out, "failed", f"{error}{resumable}")
         raise NonFiniteLossError(f"{error} The run in {out} is left unfinished.{resumable}") from None
     finally:
         precision.set_precision(None)
-        # The trained variables stay replicated; without the distribution, any batch size predicts.
-        keras.distribution.set_distribution(None)
+        if parallel is not None:
+            parallel.stop()
+    if not chief:
+        return
     save_model(embedding_model, os.path.join(out, "embedding.keras"))
     save_model(model, os.path.join(out, "model.keras"))
+    if parallel is not None:  # the trained weights may live across processes: evaluate a local copy
+        embedding_model = keras.models.load_model(os.path.join(out, "embedding.keras"))
     write_json(os.path.join(out, "history.json"), history)
     plots.plot_history(history, os.path.join(out, "loss.png"))
     metrics = _evaluate(config, embedding_model, data)
@@ -139,7 +171,7 @@ def _prepare_run_folder(out, config, overwrite):
     if resuming:
         with open(config_path) as handle:
             previous = json.load(handle)
-        ignored = {"overwrite", "quiet", "backend", "data_parallel", "validation_size"}
+        ignored = {"overwrite", "quiet", "backend", "data_parallel", "collective_timeout", "validation_size"}
         changed = sorted(
             key for key in config if key not in ignored and previous.get(key) != config[key]
         )
@@ -155,45 +187,13 @@ def _prepare_run_folder(out, config, overwrite):
     return resuming
 
 
-DATA_PARALLEL_ELSEWHERE = {
-    "tensorflow": "on TensorFlow, build and compile the model inside "
-    "`with tf.distribute.MirroredStrategy().scope():` in your own script, or train with --backend jax",
-    "torch": "on PyTorch, launch your own training script with torchrun and wrap the model in "
-    "torch.nn.parallel.DistributedDataParallel, or train with --backend jax",
-}
-
-
-def set_data_parallel(batch_size):
-    """Data-parallel training over every device (JAX only); returns the number of devices.
-
-    Sets `keras.distribution.DataParallel` over `keras.distribution.list_devices()`
-    (all GPUs/TPUs, else the CPU devices): the variables are replicated on every
-    device and each batch is split along its first axis, one slice per device.
-    Under jit the train step still computes on the whole (sharded) batch, so an
-    online-mining loss mines triplets across the global batch, and BatchNorm
-    statistics are those of the global batch: the losses are those of one
-    device, up to float rounding. `batch_size` must be a multiple of the number
-    of devices. Call ``keras.distribution.set_distribution(None)`` to undo.
-
-    Raises:
-        SiameseK3Error: on TensorFlow and PyTorch (keras 3 offers `DataParallel`
-            on JAX only; the message says what to use instead), or when the
-            batch does not split evenly over the devices.
-    """
-    backend = keras.backend.backend()
-    if backend != "jax":
-        raise SiameseK3Error(
-            f"--data-parallel needs the jax backend (keras.distribution.DataParallel); "
-            f"{DATA_PARALLEL_ELSEWHERE.get(backend, 'train with --backend jax')}."
-        )
-    devices = keras.distribution.list_devices()
-    if batch_size % len(devices):
-        raise SiameseK3Error(
-            f"--data-parallel splits each batch over {len(devices)} devices: a batch of "
-            f"{batch_size} does not split evenly; use a --batch-size that gives a multiple of {len(devices)}."
-        )
-    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
-    return len(devices)
+def _check_data_parallel(parallel, batch_size):
+    """The number of replicas, once the global batch is known to split evenly over them."""
+    try:
+        parallel.check_batch_size(batch_size)
+    except ValueError as error:
+        raise SiameseK3Error(f"--data-parallel: {error} (set it with --batch-size).") from None
+    return parallel.replicas
 
 
 def _train_batch_size(config, pairs_dir):
@@ -262,7 +262,12 @@ def build_backbone(config):
     return factory(**options, **(config.get("backbone_options") or {}))
 
 
-def _fit(data, config, out, resuming):
+def _fit(data, config, out, resuming, parallel=None):
+    with parallel.scope() if parallel is not None else contextlib.nullcontext():  # tf.distribute mirrors the variables
+        return _fit_in_scope(data, config, out, resuming, parallel)
+
+
+def _fit_in_scope(data, config, out, resuming, parallel):
     backbone = build_backbone(config)
     labelled = "x_train" in data
     batch_size = config["batch_size"]
@@ -306,41 +311,40 @@ def _fit(data, config, out, resuming):
     model.compile(optimizer=optimizer, **compile_options)
     if not model.built:  # BackupAndRestore restores weights into a built model only
         inputs = train_data[0][0]
-        model(tuple(part[:1] for part in inputs) if isinstance(model, SiameseModel) else inputs[:1])
-    epoch_log, callbacks = training_callbacks(os.path.join(out, "backup"), _validation_callback(data, config, backbone))
-    started = time.perf_counter()
-    model.fit(
-        train_data, validation_data=validation, epochs=config["epochs"], callbacks=callbacks,
-        verbose=0 if config["quiet"] else 1,
+        if parallel is not None:  # no eager call on weights that may span processes
+            model.build(keras.tree.map_structure(lambda part: (None, *part.shape[1:]), inputs))
+        else:
+            model(tuple(part[:1] for part in inputs) if isinstance(model, SiameseModel) else inputs[:1])
+    epoch_log, callbacks = training_callbacks(
+        os.path.join(out, "backup"), _validation_callback(data, config, backbone),
+        writer=parallel is None or parallel.is_chief,
     )
+    if parallel is not None:
+        inputs = parallel.fit_inputs(train_data, validation)
+    else:
+        inputs = {"x": train_data, "validation_data": validation}
+    started = time.perf_counter()
+    model.fit(**inputs, epochs=config["epochs"], callbacks=callbacks, verbose=0 if config["quiet"] else 1)
     seconds = time.perf_counter() - started + epoch_log.previous_seconds
     return model, standalone_embedding(backbone), epoch_log.history(), seconds
 
 
 def _validation_callback(data, config, backbone):
-    """Per-epoch quality: retrieval on a fixed test sample, or ROC AUC of the held-out pairs.
-
-    Under --data-parallel every predict batch must split evenly over the devices:
-    the sample and the batch are multiples of their number.
-    """
-    devices = config.get("data_parallel_devices", 1)
+    """Per-epoch quality: retrieval on a fixed test sample, or ROC AUC of the held-out pairs."""
     if "validation" in data:
-        triplets = data["validation"].triplet_arrays()
-        count = len(triplets[0]) // devices * devices
         return PairValidation(
-            *(part[:count] for part in triplets), distance=config["distance"], embedding_model=backbone,
-            batch_size=32 * devices,
+            *data["validation"].triplet_arrays(), distance=config["distance"], embedding_model=backbone, batch_size=32,
         )
-    size = min(config.get("validation_size") or 0, len(data["y_test"])) // devices * devices
+    size = min(config.get("validation_size") or 0, len(data["y_test"]))
     if not size:
         return None
     return RetrievalValidation(
         data["x_test"], data["y_test"], distance=config["distance"], sample_size=size,
-        seed=config["seed"], embedding_model=backbone, batch_size=512 * devices,  # as the final evaluation
+        seed=config["seed"], embedding_model=backbone, batch_size=512,  # as the final evaluation
     )
 
 
-def training_callbacks(backup, validation=None):
+def training_callbacks(backup, validation=None, writer=True):
     """(epoch log, the callback list) of a resumable run checkpointed in the folder `backup`.
 
     In this order: the non-finite loss check, so a diverged epoch raises before
@@ -350,12 +354,42 @@ def training_callbacks(backup, validation=None):
     so a run killed between it and the checkpoint redoes that epoch and
     overwrites its entry; keras' `BackupAndRestore` with `double_checkpoint`,
     which falls back to the previous checkpoint if a kill left the latest one
-    unreadable.
+    unreadable. With ``writer=False`` (a data-parallel process other than the
+    chief) both read the chief's files to resume but write nothing.
     """
-    epoch_log = EpochLog(os.path.join(backup, "epochs.json"))
-    backup_and_restore = keras.callbacks.BackupAndRestore(backup, double_checkpoint=True)
+    epoch_log = EpochLog(os.path.join(backup, "epochs.json"), writer=writer)
+    backup_and_restore = (BackupAndRestore if writer else ReadOnlyBackup)(backup, double_checkpoint=True)
     callbacks = [StopOnNonFiniteLoss(), validation, epoch_log, backup_and_restore]
     return epoch_log, [callback for callback in callbacks if callback is not None]
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """keras' `BackupAndRestore`, saving outside any data-parallel distribution (the chief saves alone)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        with distributed.local_scope():
+            super().on_epoch_end(epoch, logs)
+
+
+class ReadOnlyBackup(keras.callbacks.BackupAndRestore):
+    """keras' `BackupAndRestore` that restores the run from the checkpoint but never saves or deletes it.
+
+    For the data-parallel processes beside the chief: they resume from the
+    chief's checkpoint, which the chief alone writes. Under
+    MultiWorkerMirroredStrategy saving creates variables collectively, so they
+    save alongside the chief into a scratch folder (TensorFlow's own pattern).
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if distributed.saving_is_collective():  # every worker takes part in the chief's save
+            with tempfile.TemporaryDirectory() as scratch:
+                self.model.save_weights(os.path.join(scratch, "discarded.weights.h5"))
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -365,9 +399,9 @@ class EpochLog(keras.callbacks.Callback):
     epoch's metrics and the training seconds spent so far.
     """
 
-    def __init__(self, path):
+    def __init__(self, path, writer=True):
         super().__init__()
-        self.path = path
+        self.path, self.writer = path, writer
         self.epochs = {}
         if os.path.isfile(path):
             with open(path) as handle:
@@ -382,8 +416,9 @@ class EpochLog(keras.callbacks.Callback):
         entry["seconds"] = time.perf_counter() - self._started
         self.epochs = {key: value for key, value in self.epochs.items() if key < epoch}
         self.epochs[epoch] = entry
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        write_json(self.path, self.epochs)
+        if self.writer:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            write_json(self.path, self.epochs)
 
     def history(self):
         """{metric: [value per epoch]} over all epochs, as `History.history`."""

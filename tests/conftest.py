@@ -14,6 +14,7 @@ BACKEND = keras.backend.backend()
 def pytest_configure(config):
     config.addinivalue_line("markers", "portability: needs all three backends installed")
     config.addinivalue_line("markers", "slow: a short training run")
+    config.addinivalue_line("markers", "distributed: launches data-parallel training processes (nox -s distributed)")
 
 
 @pytest.fixture(autouse=True)

@@ -25,7 +25,7 @@ import warnings
 import keras
 import numpy as np
 
-from siamese_k3.backend import eager
+from siamese_k3.backend import distributed, eager
 
 
 def can_step_directly(model):
@@ -34,7 +34,8 @@ def can_step_directly(model):
     True on eager torch (no `jit_compile`, no distribution, no autocast scope)
     when the model is compiled with an optimizer, its loss tracker is a plain
     float32 `keras.metrics.Mean`, its other metrics (if any) are those given
-    to `compile`, and it keeps keras' own `compute_metrics`.
+    to `compile`, and it keeps keras' own `compute_metrics`. Under torch
+    data-parallel training the model must take this step (`check_not_data_parallel`).
     """
     if not eager.eager_torch() or model.jit_compile or model.optimizer is None:
         return False
@@ -55,35 +56,69 @@ def train_step(model, data):
     ``optimizer.apply(gradients, trainable_weights)``, then the compiled
     metrics; the loss tracker accumulates total += loss·B and count += B, B
     the batch size, and reports ``total / count``, bit for bit keras' `Mean`.
+
+    Under torch.distributed data-parallel training (`backend.distributed`),
+    the gradients, the non-trainable float variables and the tracked loss are
+    averaged over the ranks between the backward pass and the optimizer step.
     """
     import torch
 
     model.zero_grad()
-    loss, y, y_pred, sample_weight = _tracked_loss(model, data, training=True)
+    x, y, y_pred, sample_weight, loss = _loss(model, data, training=True)
     trainable_weights = model.trainable_weights[:]
+    engine = _engine()
     if trainable_weights:
         model.optimizer.scale_loss(loss).backward()
         gradients = [variable.value.grad for variable in trainable_weights]
+        if engine is not None:
+            loss = engine.average(loss, gradients, _float_states(model))
         with torch.no_grad():
             model.optimizer.apply(gradients, trainable_weights)
     else:  # as keras' own step does
         warnings.warn("The model does not have any trainable weights.")
+    _track(model._loss_tracker, loss, x)
     return _logs(model, y, y_pred, sample_weight)
 
 
 def test_step(model, data):
-    """keras' `TorchTrainer.test_step` with the loss mean kept as in `train_step`."""
-    _, y, y_pred, sample_weight = _tracked_loss(model, data, training=False)
+    """keras' `TorchTrainer.test_step` with the loss mean kept as in `train_step` (averaged over the ranks)."""
+    x, y, y_pred, sample_weight, loss = _loss(model, data, training=False)
+    engine = _engine()
+    if engine is not None:
+        loss = engine.average(loss, [], [])
+    _track(model._loss_tracker, loss, x)
     return _logs(model, y, y_pred, sample_weight)
 
 
-def _tracked_loss(model, data, training):
-    """(loss, y, y_pred, sample_weight) of the batch (forward pass and `compute_loss`); the loss is added to the tracker."""
+def check_not_data_parallel(model):
+    """Raise when torch data-parallel training would take keras' own step, which does not average gradients."""
+    if _engine() is not None:
+        raise ValueError(
+            f"data-parallel training on torch averages the gradients in siamese_k3's own train step, which "
+            f"{type(model).__name__} cannot take here (a custom compute_metrics, a non-float32 loss "
+            "tracker, jit_compile or mixed precision): compile without them."
+        )
+
+
+def _engine():
+    """The torch.distributed engine when more than one rank trains, else None."""
+    engine = distributed.current()
+    return engine if engine is not None and engine.backend == "torch" and engine.replicas > 1 else None
+
+
+def _float_states(model):
+    return [
+        variable.value.data for variable in model.non_trainable_weights
+        if keras.backend.is_float_dtype(variable.dtype)
+    ]
+
+
+def _loss(model, data, training):
+    """(x, y, y_pred, sample_weight, loss) of the batch: the forward pass and `compute_loss`."""
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     y_pred = model(x, training=training)
     loss = model._compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight, training=training)
-    _track(model._loss_tracker, loss, x)
-    return loss, y, y_pred, sample_weight
+    return x, y, y_pred, sample_weight, loss
 
 
 def _logs(model, y, y_pred, sample_weight):
