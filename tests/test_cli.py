@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_k3 import cli
+from siamese_k3 import cli, runs
 from siamese_k3.data import write_idx
 from siamese_k3.data.datasets import IDX_FILES
 from siamese_k3.evaluation import retrieval_metrics
@@ -165,7 +165,7 @@ def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys)
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
             "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
-    original = keras.callbacks.BackupAndRestore
+    original = runs.BackupAndRestore  # keras' BackupAndRestore, as the run folder's checkpoint uses it
     started_at = []
 
     class KilledAfterFirstEpoch(original):
@@ -178,7 +178,7 @@ def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys)
             if len(started_at) == 1:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(keras.callbacks, "BackupAndRestore", KilledAfterFirstEpoch)
+    monkeypatch.setattr(runs, "BackupAndRestore", KilledAfterFirstEpoch)
     assert cli.main(args) == 130
     assert (tmp_path / "r" / "backup").is_dir() and not (tmp_path / "r" / "metrics.json").exists()
     assert cli.main(args) == 0
