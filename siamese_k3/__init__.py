@@ -30,5 +30,6 @@ from siamese_k3.losses import (  # noqa: E402
     triplet_loss,
 )
 from siamese_k3.models import MiningModel, SiameseModel  # noqa: E402
+from siamese_k3.parallel import DataParallel  # noqa: E402
 
 __version__ = "0.1.0"

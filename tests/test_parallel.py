@@ -8,6 +8,7 @@ launches training as a user would, on CPU:
 - jax: two processes joined by ``KERAS_DISTRIBUTION_*`` (jax.distributed, gloo CPU collectives);
 - tensorflow: two processes with ``TF_CONFIG`` (MultiWorkerMirroredStrategy),
   and one process mirrored over 2 logical CPUs (MirroredStrategy);
+- jax also in one process over 2 XLA CPU devices (keras.distribution alone);
 
 and compares the run with one process on one device fed the same global
 batches: the losses step by step within 1e-5 relative and the final weights
@@ -53,13 +54,13 @@ def environment(**extra):
     return env
 
 
-def launch(arguments, processes=2, cwd=None, timeout=TIMEOUT):
+def launch(arguments, processes=2, cwd=None, timeout=TIMEOUT, env=None):
     """Run `arguments` (a python module or script and its arguments) in `processes` processes, as the backend's launcher would.
 
     Returns the list of (return code, stdout, stderr), one per process (torchrun: one for all).
     """
     if processes == 1:
-        commands = [([sys.executable, *arguments], environment())]
+        commands = [([sys.executable, *arguments], environment(**(env or {})))]
     elif BACKEND == "torch":
         commands = [([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(processes),
                       "--master-port", str(free_port()), *arguments], environment())]
@@ -99,9 +100,9 @@ def assert_ok(results):
         assert code == 0, err[-4000:]
 
 
-def worker_report(tmp_path, loss, mode, processes, *extra):
-    out = tmp_path / f"{mode}-{processes}.json"
-    assert_ok(launch([str(WORKER), str(out), loss, mode, *extra], processes=processes))
+def worker_report(tmp_path, loss, mode, processes, *extra, env=None):
+    out = tmp_path / f"{mode}-{processes}-{len(extra)}-{bool(env)}.json"
+    assert_ok(launch([str(WORKER), str(out), loss, mode, *extra], processes=processes, env=env))
     return json.loads(out.read_text())
 
 
@@ -125,6 +126,16 @@ def test_two_processes_train_like_one(tmp_path, loss):
 def test_mirrored_over_two_logical_cpus_trains_like_one_device(tmp_path):
     single = worker_report(tmp_path, "semi_hard", "single", 1)
     parallel = worker_report(tmp_path, "semi_hard", "parallel", 1, "--logical-cpus", "2")
+    assert parallel["processes"] == 1 and parallel["replicas"] == 2
+    assert_same_training(single, parallel)
+
+
+@pytest.mark.skipif(BACKEND != "jax", reason="XLA host devices are jax's")
+def test_one_process_over_two_cpu_devices_trains_like_one_device(tmp_path):
+    single = worker_report(tmp_path, "semi_hard", "single", 1)
+    devices = {"XLA_FLAGS": " ".join(filter(None, [os.environ.get("XLA_FLAGS"),
+                                                   "--xla_force_host_platform_device_count=2"]))}
+    parallel = worker_report(tmp_path, "semi_hard", "parallel", 1, env=devices)
     assert parallel["processes"] == 1 and parallel["replicas"] == 2
     assert_same_training(single, parallel)
 

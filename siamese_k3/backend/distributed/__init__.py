@@ -72,7 +72,7 @@ def gather_for_metrics(x):
     """`gather` where a metric's update may gather: not on tensorflow, where an all_gather inside
     a metric's update fails under MultiWorkerMirroredStrategy (keras 3.15) and keras averages
     each replica's metric over the replicas instead."""
-    if _CURRENT is None or not getattr(_CURRENT, "metrics_gather", True):
+    if _CURRENT is None or not _CURRENT.metrics_gather:
         return x
     return _CURRENT.gather(x)
 
@@ -89,17 +89,17 @@ def replica_logs(logs):
 
 def max_steps_per_execution():
     """The most batches one compiled call may run under the current engine (a large number when free)."""
-    return getattr(_CURRENT, "max_steps_per_execution", 1 << 30)
+    return 1 << 30 if _CURRENT is None else _CURRENT.max_steps_per_execution
 
 
 def input_signature():
     """The per-replica input spec of the engine's distributed datasets, or None (keras then reads a batch)."""
-    return getattr(_CURRENT, "signature", None)
+    return None if _CURRENT is None else _CURRENT.signature
 
 
 def saving_is_collective():
     """Whether every process must take part when one saves (tf.distribute across workers)."""
-    return bool(getattr(_CURRENT, "multi_worker", False))
+    return _CURRENT is not None and _CURRENT.multi_worker
 
 
 def local_scope():

@@ -18,18 +18,21 @@ import os
 import keras
 import numpy as np
 
+from siamese_k3.backend.distributed.base import Engine
+
 LAUNCH_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES")
 
 
-class JaxEngine:
+class JaxEngine(Engine):
     backend = "jax"
 
     def __init__(self, timeout_seconds=600):
         import jax
 
         if all(os.environ.get(name) for name in LAUNCH_VARIABLES) and not jax.distributed.is_initialized():
-            if os.environ.get("JAX_PLATFORMS", "").startswith("cpu") or not _has_accelerator():
-                jax.config.update("jax_cpu_collectives_implementation", "gloo")
+            # CPU collectives through gloo (GPU/TPU ones are unaffected). Set before initialize,
+            # and without asking for devices first: that would start the backend too early.
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
             keras.distribution.initialize()
         self.rank, self.processes = jax.process_index(), jax.process_count()
         devices = keras.distribution.list_devices()
@@ -41,9 +44,6 @@ class JaxEngine:
     def stop(self):
         keras.distribution.set_distribution(None)
 
-    def scope(self):
-        return contextlib.nullcontext()
-
     @contextlib.contextmanager
     def local_scope(self):
         distribution = keras.distribution.distribution()
@@ -53,38 +53,13 @@ class JaxEngine:
         finally:
             keras.distribution.set_distribution(distribution)
 
-    def loss_scale(self):
-        return 1.0
-
-    def replica_logs(self, logs):
-        return logs
-
-    def gather(self, x):
-        return x  # the jitted step already computes on the global batch
-
     def barrier(self):
         if self.processes > 1:
             from jax.experimental import multihost_utils
 
             multihost_utils.sync_global_devices("siamese_k3")
 
-    def shard(self, batches):
-        from siamese_k3.backend.distributed.sharding import ShardedBatches
-
-        return ShardedBatches(batches, self.rank, self.processes) if self.processes > 1 else batches
-
-    def fit_inputs(self, batches, validation=None):
-        inputs = {"x": self.shard(batches)}
-        if validation is not None:
-            inputs["validation_data"] = self.shard(validation)
-        return inputs
-
     def local_values(self, variables):
         """Each variable's value as numpy: this process's copy of the replicated array."""
         return [np.asarray(variable.value.addressable_data(0)) for variable in variables]
 
-
-def _has_accelerator():
-    import jax
-
-    return any(device.platform != "cpu" for device in jax.local_devices())

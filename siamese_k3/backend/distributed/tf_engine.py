@@ -17,11 +17,13 @@ import json
 import os
 
 import keras
-import numpy as np
+
+from siamese_k3.backend.distributed.base import Engine
 
 
-class TensorFlowEngine:
+class TensorFlowEngine(Engine):
     backend = "tensorflow"
+    metrics_gather = False  # an all_gather inside a metric's update fails across workers (keras 3.15)
 
     def __init__(self, timeout_seconds=600):
         import tensorflow as tf
@@ -41,15 +43,6 @@ class TensorFlowEngine:
         self.multi_worker = self.processes > 1
         # keras 3.15 runs several steps per call with a loop that fails across workers.
         self.max_steps_per_execution = 1 if self.multi_worker else 1 << 30
-        self.metrics_gather = False  # see distributed.gather_for_metrics
-
-    def stop(self):
-        pass
-
-    def local_scope(self):
-        import contextlib
-
-        return contextlib.nullcontext()
 
     def scope(self):
         return self.strategy.scope()
@@ -96,7 +89,7 @@ class TensorFlowEngine:
         """
         import tensorflow as tf
 
-        from siamese_k3.backend.distributed.sharding import split_rows
+        from siamese_k3.backend.distributed.base import split_rows
 
         replicas = self.replicas
         first = split_rows(batches[0], 0, replicas)
@@ -132,9 +125,6 @@ class TensorFlowEngine:
             return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
         return self.strategy.distribute_datasets_from_function(dataset)
-
-    def local_values(self, variables):
-        return [np.asarray(keras.ops.convert_to_numpy(variable)) for variable in variables]
 
     def replica_logs(self, logs):
         """Step logs as [1]-shaped tensors under MultiWorkerMirroredStrategy.

@@ -11,7 +11,7 @@ the same optimizer step and reports the loss of the global batch.
 import datetime
 import os
 
-import numpy as np
+from siamese_k3.backend.distributed.base import Engine
 
 
 class _AllGather:
@@ -46,7 +46,7 @@ class _AllGather:
         return cls.function
 
 
-class TorchEngine:
+class TorchEngine(Engine):
     backend = "torch"
 
     def __init__(self, timeout_seconds=600):
@@ -70,25 +70,6 @@ class TorchEngine:
         self.rank = dist.get_rank()
         self.processes = self.replicas = dist.get_world_size()
 
-    def stop(self):
-        pass
-
-    def local_scope(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def scope(self):
-        import contextlib
-
-        return contextlib.nullcontext()
-
-    def loss_scale(self):
-        return 1.0
-
-    def replica_logs(self, logs):
-        return logs
-
     def gather(self, x):
         if self.replicas == 1:
             return x
@@ -98,17 +79,6 @@ class TorchEngine:
         import torch.distributed as dist
 
         dist.barrier()
-
-    def shard(self, batches):
-        from siamese_k3.backend.distributed.sharding import ShardedBatches
-
-        return ShardedBatches(batches, self.rank, self.processes)
-
-    def fit_inputs(self, batches, validation=None):
-        inputs = {"x": self.shard(batches)}
-        if validation is not None:
-            inputs["validation_data"] = self.shard(validation)
-        return inputs
 
     def average(self, loss, gradients, states):
         """(loss, gradients, states) averaged over the ranks, in place where possible; one all_reduce.
@@ -132,8 +102,3 @@ class TorchEngine:
                 tensor.copy_(flat[position : position + count].reshape(tensor.shape))
                 position += count
             return flat[0]
-
-    def local_values(self, variables):
-        import keras
-
-        return [np.asarray(keras.ops.convert_to_numpy(variable)) for variable in variables]
