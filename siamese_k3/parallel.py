@@ -6,6 +6,8 @@
         model.compile(optimizer="adam", loss=TripletSemiHardLoss())
     model.fit(**parallel.fit_inputs(ClassBalancedBatches(x, y, 16, 8, seed=0)), epochs=5,
               verbose=1 if parallel.is_chief else 0)
+    parallel.barrier()
+    parallel.stop()                          # torch: leave the process group before exiting
 
 Launch the same script with the backend's launcher:
 
@@ -85,5 +87,8 @@ class DataParallel:
         self.engine.barrier()
 
     def stop(self):
-        """Train on one device again in this process (the processes stay joined)."""
+        """Train on one device again in this process; torch leaves its process group.
+
+        Call `barrier` first when every process has finished its collective work (after `fit`).
+        """
         distributed.stop()

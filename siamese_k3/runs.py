@@ -116,6 +116,8 @@ def _train_in(out, config, pairs_dir, overwrite, parallel=None):
         if chief:
             write_json(os.path.join(out, "config.json"), config)
         model, embedding_model, history, seconds = _fit(data, config, out, resuming, parallel)
+        if parallel is not None:
+            parallel.barrier()  # every process is done with the collectives before any leaves
     except NonFiniteLossError as error:
         checkpoint = os.path.isfile(os.path.join(out, "backup", "latest.weights.h5"))
         resumable = " Rerunning the same command resumes it from the last finished epoch." if checkpoint else ""

@@ -96,6 +96,8 @@ def main():
     inputs = parallel.fit_inputs(batches) if parallel else {"x": batches}
     steps = StepLosses()
     model.fit(**inputs, epochs=EPOCHS, callbacks=[steps], verbose=0)
+    if parallel:
+        parallel.barrier()
     if parallel is None or parallel.is_chief:
         engine = parallel.engine if parallel else None
         weights = engine.local_values(model.weights) if engine else [keras.ops.convert_to_numpy(w) for w in model.weights]

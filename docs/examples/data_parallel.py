@@ -33,7 +33,8 @@ with parallel.scope():
     model = MiningModel(backbones.compact_cnn(input_shape=(28, 28), embedding_dim=64, rescale=1 / 255))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=TripletSemiHardLoss(margin=0.5))
 model.fit(**parallel.fit_inputs(batches), epochs=2, verbose=1 if parallel.is_chief else 0)
-parallel.stop()
+parallel.barrier()
+parallel.stop()  # torch: leave the process group before exiting
 if parallel.is_chief:
     standalone_embedding(model.backbone).save("fashion_mnist_dp.keras")
     print(f"trained on {parallel.replicas} replicas in {parallel.processes} processes; saved fashion_mnist_dp.keras")

@@ -56,7 +56,7 @@ def current():
 
 
 def stop():
-    """Forget the current engine (its processes stay joined); single-device training again."""
+    """Forget the current engine (torch leaves its process group); single-device training again."""
     global _CURRENT
     if _CURRENT is not None:
         _CURRENT.stop()

@@ -70,6 +70,14 @@ class TorchEngine(Engine):
         self.rank = dist.get_rank()
         self.processes = self.replicas = dist.get_world_size()
 
+    def stop(self):
+        # Leave the group before the interpreter exits: gloo's threads otherwise may abort it
+        # ("terminate called without an active exception"), seen in CI.
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
     def gather(self, x):
         if self.replicas == 1:
             return x
