@@ -96,12 +96,12 @@ def _train_in(out, config, pairs_dir, overwrite, parallel=None):
     the run folder, saves, evaluates and prints.
     """
     chief = parallel is None or parallel.is_chief
-    if chief:
-        resuming = _prepare_run_folder(out, config, overwrite)
+    resuming = _prepare_run_folder(out, config, overwrite) if chief else None
     if parallel is not None:
         parallel.barrier()  # the chief has prepared the folder (and removed an old run under --overwrite)
+    if not chief:  # the chief's answer, read from the folder it prepared
         resuming = os.path.isdir(os.path.join(out, "backup"))
-        config["quiet"] = config["quiet"] or not chief
+        config["quiet"] = True
     keras.utils.set_random_seed(config["seed"])
     flush_denormals()
     precision.set_precision(config["mixed_precision"])

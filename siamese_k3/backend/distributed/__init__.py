@@ -111,11 +111,6 @@ def local_scope():
     return contextlib.nullcontext() if _CURRENT is None else _CURRENT.local_scope()
 
 
-def scope():
-    """The context in which models and optimizers are built and compiled (tf.distribute's scope)."""
-    return contextlib.nullcontext() if _CURRENT is None else _CURRENT.scope()
-
-
 def predict(model, images, batch_size):
     """``model.predict(images)`` as numpy, computed by this process alone from its copy of the weights.
 
