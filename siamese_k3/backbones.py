@@ -237,13 +237,15 @@ def compact_cnn(
     normalize=False,
     flip=False,
     shift=0.0,
+    dropout=0.0,
     name="compact_cnn",
 ):
     """A fast CNN for 28×28 images, the CLI's default on Fashion-MNIST.
 
     Per block: Conv 3×3 → BatchNorm → ReLU → MaxPool 2; then Flatten →
-    Dense(hidden, relu) → Dense(embedding_dim), L2-normalised when `normalize`
-    (``UnitNormalization``: every embedding on the unit sphere).
+    Dense(hidden, relu) → [Dropout(dropout) when `dropout` > 0] →
+    Dense(embedding_dim), L2-normalised when `normalize` (``UnitNormalization``:
+    every embedding on the unit sphere).
 
     Training-only augmentation inside the model, before the first block:
     `flip` adds ``RandomFlip("horizontal")``, `shift` > 0 adds
@@ -266,6 +268,8 @@ def compact_cnn(
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(hidden, activation="relu")(x)
+    if dropout:
+        x = layers.Dropout(dropout)(x)
     x = layers.Dense(embedding_dim)(x)
     if normalize:
         x = layers.UnitNormalization()(x)

@@ -2,8 +2,12 @@
 
 The reference is keras' normal path, ``model(x, training=...)``, run from the
 same variable state (weights, BatchNormalization statistics, dropout seeds):
-outputs, updated state and gradients must match exactly. On jax and tensorflow
-`forward` is keras' call itself, so these tests check the torch path.
+outputs, updated state and gradients must match exactly. BatchNormalization runs
+here through keras' own call (`_keras_batch_norm`): its fused kernel sums the
+statistics in another order (tests/test_backend_kernels.py checks it against the
+formula, and `test_forward_with_fused_batch_norm` the whole model to rounding).
+On jax and tensorflow `forward` is keras' call itself, so these tests check the
+torch path.
 """
 
 from unittest import mock
@@ -15,7 +19,7 @@ from _grad import gradient
 from keras import layers, ops
 
 from siamese_k3 import backbones
-from siamese_k3.backend import eager
+from siamese_k3.backend import eager, kernels
 from siamese_k3.models import SiameseModel
 
 ON_TORCH = keras.backend.backend() == "torch"
@@ -27,6 +31,16 @@ BACKBONES = {
 }
 if ON_TORCH:  # elsewhere `forward` is keras' call itself; ResNet50 in jax's eager mode is slow
     BACKBONES["resnet50_embedding"] = lambda: backbones.resnet50_embedding((32, 32, 3), embedding_dim=8)
+
+
+_FUSED_NORM_SUPPORTED = kernels._norm_supported
+
+
+@pytest.fixture(autouse=True)
+def _keras_batch_norm():
+    """BatchNormalization through keras' own call, so that the rest of the forward pass is compared bit for bit."""
+    with mock.patch.object(kernels, "_norm_supported", lambda layer: False):
+        yield
 
 
 def _images(model, rng, batch=6):
@@ -93,6 +107,23 @@ def test_gradients_match_keras_call(name, rng):
     _restore(model, before)
     got = gradient(lambda x: eager.forward(model, x, True) * weights, images)[0]
     np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.skipif(not ON_TORCH, reason="the fused BatchNormalization is torch-only")
+def test_forward_with_fused_batch_norm(rng):
+    """compact_cnn with `kernels.batch_norm` on: outputs, moving statistics and input gradients as keras' call, to rounding."""
+    with mock.patch.object(kernels, "_norm_supported", _FUSED_NORM_SUPPORTED):
+        model = backbones.compact_cnn((28, 28), filters=(4, 8), hidden=16, embedding_dim=8)
+        images = _images(model, rng, batch=8)
+        model(ops.convert_to_tensor(images), training=False)
+        before = _state(model)
+        expected = gradient(lambda x: model(x, training=True), images)
+        expected_state = _state(model)
+        _restore(model, before)
+        got = gradient(lambda x: eager.forward(model, x, True), images)
+        assert any(step[5] is kernels.batch_norm for step in eager._plan(model)[3])
+        for mine, theirs in zip([*got, *_state(model)], [*expected, *expected_state]):
+            np.testing.assert_allclose(mine, theirs, rtol=1e-4, atol=1e-5 * (np.abs(theirs).max() + 1e-30))
 
 
 class _AddsLoss(layers.Layer):

@@ -12,8 +12,9 @@ keras' own stateless-wrapper layers (Dense, Conv2D, BatchNormalization,
 pooling, ...), which then run exactly the same ops. It goes back to keras'
 normal call, for the whole model, whenever it cannot vouch for that: a
 model that is not built, not purely functional or not single-input and
-single-output, a mask on the input, an input dtype or rank the model would
-convert, a distribution, or a layer with an activity regulariser, a dtype
+single-output, a mask on the input, an input rank the model would adjust
+(an integer or other float input is converted to float32 first, as keras'
+Functional call converts it), a distribution, or a layer with an activity regulariser, a dtype
 policy other than float32 (mixed precision, quantisation) or rematerialisation.
 Layers of other classes (custom or subclassed ones included) inside the
 graph are called through `__call__` as usual. Conv2D, MaxPooling2D, Dense and
@@ -56,9 +57,26 @@ _plans = weakref.WeakKeyDictionary()
 def forward(model, inputs, training=None):
     """``model(inputs, training=training)``, bypassing per-layer call overhead where it is safe."""
     plan = _plan(model) if eager_torch() else None
+    if plan is not None:
+        inputs = _as_input_dtype(inputs)
     if plan is None or not _accepts(plan, inputs) or not _vouched(plan):
         return model(inputs, training=training)
     return _run(plan, inputs, training)
+
+
+def _as_input_dtype(inputs):
+    """An integer or non-float32 float tensor as float32, the conversion keras' Functional call makes.
+
+    (`Functional._convert_inputs_to_tensors`: ``ops.convert_to_tensor(x, dtype=input.dtype)``, a
+    plain ``tensor.to(float32)`` on torch.) Batches of uint8 images, as `ClassBalancedBatches`
+    yields them, then take the planned graph too. Anything else is returned as it is.
+    """
+    if not keras.ops.is_tensor(inputs) or isinstance(inputs, keras.KerasTensor) or get_keras_mask(inputs) is not None:
+        return inputs
+    dtype = keras.backend.standardize_dtype(inputs.dtype)
+    if dtype == "float32" or not (keras.backend.is_float_dtype(dtype) or keras.backend.is_int_dtype(dtype)):
+        return inputs
+    return keras.ops.convert_to_tensor(inputs, dtype="float32")
 
 
 def can_call_directly(layer, inputs, training):
@@ -192,6 +210,11 @@ def _direct_ok(layer):
     )
 
 
+def _training_only(kwargs):
+    """Whether a call's keyword arguments are at most ``training`` and an absent ``mask`` (what the kernels take)."""
+    return all(key == "training" or (key == "mask" and value is None) for key, value in kwargs.items())
+
+
 def _run(plan, inputs, training):
     """The graph's output, each layer of `_DIRECT_LAYERS` run through its `call`."""
     input_id, _, output_id, steps = plan
@@ -201,8 +224,8 @@ def _run(plan, inputs, training):
         if passes_training and training is not None:
             kwargs["training"] = training
         nested = _plan(operation) if kind == _NESTED and len(args) == 1 and _direct_ok(operation) else None
-        if fast is not None and len(args) == 1 and set(kwargs) <= {"training"}:  # the kernels' layers ignore it
-            result = fast(operation, args[0])
+        if fast is not None and len(args) == 1 and _training_only(kwargs):
+            result = fast(operation, args[0], kwargs.get("training"))
         elif kind == _DIRECT:
             result = operation.call(*args, **kwargs)
         elif nested is not None and _accepts(nested, args[0]):

@@ -35,8 +35,10 @@ from keras import ops
 
 
 def kernel(layer):
-    """A function (layer, inputs) → outputs computing ``layer.call(inputs)`` faster, or None."""
+    """A function (layer, inputs, training) → outputs computing ``layer.call(inputs, training=training)`` faster, or None."""
     kind = type(layer)
+    if kind is keras.layers.BatchNormalization and _norm_supported(layer):
+        return batch_norm
     if kind is keras.layers.Conv2D and _conv_supported(layer):
         return conv2d
     if kind is keras.layers.MaxPooling2D and _pool_supported(layer):
@@ -71,7 +73,7 @@ def _activate(name, outputs):
     return torch.relu(outputs) if name == "relu" else outputs
 
 
-def dense(layer, inputs):
+def dense(layer, inputs, training=None):
     """`keras.layers.Dense.call`: torch.matmul(x, kernel), + bias, relu or linear, as keras' ops compute them."""
     import torch
 
@@ -84,7 +86,7 @@ def dense(layer, inputs):
     return _activate(_activation_function(layer.activation), outputs)
 
 
-def activation(layer, inputs):
+def activation(layer, inputs, training=None):
     """`keras.layers.Activation.call` for relu and linear."""
     return _activate(_activation_function(layer.activation), inputs)
 
@@ -102,7 +104,7 @@ def _pool_supported(layer):
     return layer.data_format == "channels_last" and layer.padding in ("valid", "same")
 
 
-def conv2d(layer, inputs):
+def conv2d(layer, inputs, training=None):
     """`keras.layers.Conv2D.call` (channels_last) with the input handed to torch as a view."""
     import torch
     import torch.nn.functional as F
@@ -125,7 +127,7 @@ def conv2d(layer, inputs):
     return outputs
 
 
-def max_pool2d(layer, inputs):
+def max_pool2d(layer, inputs, training=None):
     """`keras.layers.MaxPooling2D.call` (channels_last) with the input handed to torch as a view."""
     import torch.nn.functional as F
 
@@ -137,6 +139,55 @@ def max_pool2d(layer, inputs):
         return layer.call(inputs)
     outputs = F.max_pool2d(inputs.permute(0, 3, 1, 2), kernel_size=size, stride=strides, padding=padding)
     return outputs.permute(0, 2, 3, 1)
+
+
+def _norm_supported(layer):
+    return not layer.renorm and not layer.synchronized
+
+
+def batch_norm(layer, inputs, training=None):
+    """`keras.layers.BatchNormalization.call` over the last axis as one fused torch ``batch_norm``.
+
+    keras' torch backend normalises with composed ops: mean = E[x] and
+    var = E[x²] − E[x]² over every axis but the last, then
+    (x − mean)·rsqrt(var + ε)·γ + β, and differentiates through each of them (a
+    dozen passes over the tensor forward and backward). ``torch.batch_norm``
+    computes the same normalisation, and its gradient, in one fused kernel each
+    way, on the NHWC tensor's channels_last view. With ``training`` (and a
+    trainable layer) it normalises by the batch's mean and biased variance and
+    updates keras' moving statistics as keras does:
+
+        moving_mean ← moving_mean·momentum + mean·(1 − momentum)
+        moving_variance ← moving_variance·momentum + var·(1 − momentum)
+
+    (torch hands the batch statistics out through scratch buffers with momentum 1;
+    it keeps the unbiased variance there, so var = that·(n − 1)/n for n values
+    per channel). Otherwise it normalises by the moving statistics. The results
+    equal keras' to float32 rounding, not bit for bit: the statistics are summed
+    in another order. Anything else (masks, 3-D or 5-D inputs, another axis, one
+    value per channel) goes to the layer's own `call`.
+    """
+    import torch
+
+    rank = inputs.ndim
+    count = inputs.numel() // max(inputs.shape[-1], 1)
+    if inputs.dtype != torch.float32 or rank not in (2, 4) or layer.axis not in (-1, rank - 1) or count < 2:
+        return layer.call(inputs, training=training)
+    x = inputs.permute(0, 3, 1, 2) if rank == 4 else inputs
+    gamma = layer.gamma.value if layer.scale else None
+    beta = layer.beta.value if layer.center else None
+    moving_mean, moving_variance = layer.moving_mean.value, layer.moving_variance.value
+    if training and layer.trainable:
+        mean, variance = torch.zeros_like(moving_mean), torch.zeros_like(moving_variance)
+        outputs = torch.batch_norm(x, gamma, beta, mean, variance, True, 1.0, layer.epsilon, False)
+        momentum = layer.momentum
+        with torch.no_grad():
+            biased = variance * ((count - 1) / count)  # not in place: the backward pass keeps these buffers
+            layer.moving_mean.assign(moving_mean * momentum + mean * (1.0 - momentum))
+            layer.moving_variance.assign(moving_variance * momentum + biased * (1.0 - momentum))
+    else:
+        outputs = torch.batch_norm(x, gamma, beta, moving_mean, moving_variance, False, 0.0, layer.epsilon, False)
+    return outputs.permute(0, 2, 3, 1) if rank == 4 else outputs
 
 
 def _torch_padding(spatial, kernel_size, strides, dilation, padding):
