@@ -238,11 +238,15 @@ def compact_cnn(
     flip=False,
     shift=0.0,
     dropout=0.0,
+    convs=1,
+    erase=0.0,
     name="compact_cnn",
 ):
     """A fast CNN for 28×28 images, the CLI's default on Fashion-MNIST.
 
-    Per block: Conv 3×3 → BatchNorm → ReLU → MaxPool 2; then Flatten →
+    Per block (one per entry of `filters`): `convs` × (Conv 3×3 → BatchNorm →
+    ReLU), then MaxPool 2; `convs` is one count for every block or one per
+    block (VGG-style stacks: two 3×3 convolutions see 5×5). Then Flatten →
     Dense(hidden, relu) → [Dropout(dropout) when `dropout` > 0] →
     Dense(embedding_dim), L2-normalised when `normalize` (``UnitNormalization``:
     every embedding on the unit sphere).
@@ -250,7 +254,9 @@ def compact_cnn(
     Training-only augmentation inside the model, before the first block:
     `flip` adds ``RandomFlip("horizontal")``, `shift` > 0 adds
     ``RandomTranslation(shift, shift)`` (shifts up to that fraction of the
-    height and width, zero fill). Both are identities at inference
+    height and width, zero fill), `erase` > 0 adds ``RandomErasing`` (with that
+    probability per image, a random rectangle set to 0; Zhong et al. 2017).
+    All are identities at inference
     (``predict``, ``training=False``) and standard Keras layers, so the saved
     model loads anywhere.
     """
@@ -261,10 +267,18 @@ def compact_cnn(
         x = layers.RandomFlip("horizontal")(x)
     if shift:
         x = layers.RandomTranslation(shift, shift, fill_mode="constant")(x)
-    for width in filters:
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
-        x = layers.Activation("relu")(x)
+    if erase:
+        if not hasattr(layers, "RandomErasing"):
+            raise ValueError(f"erase={erase} needs keras.layers.RandomErasing (keras >= 3.8): upgrade keras.")
+        x = layers.RandomErasing(factor=(erase, erase), fill_value=0.0)(x)
+    counts = [convs] * len(filters) if isinstance(convs, int) else list(convs)
+    if len(counts) != len(filters) or min(counts, default=1) < 1:
+        raise ValueError(f"convs={convs!r}: give one count >= 1, or one per block of filters={list(filters)}.")
+    for width, count in zip(filters, counts):
+        for _ in range(count):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.Activation("relu")(x)
         x = layers.MaxPooling2D(2)(x)
     x = layers.Flatten()(x)
     x = layers.Dense(hidden, activation="relu")(x)

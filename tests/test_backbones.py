@@ -111,13 +111,27 @@ def test_get_by_name():
 
 
 def test_augmentation_is_training_only(rng):
-    """compact_cnn(flip=True, shift=0.1) predicts what the same weights without augmentation predict."""
+    """compact_cnn(flip=True, shift=0.1, erase=0.5) predicts what the same weights without augmentation predict."""
     images = rng.uniform(0, 255, (6, 28, 28)).astype("float32")
-    augmented = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255, flip=True, shift=0.1)
+    augmented = backbones.compact_cnn(
+        filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255, flip=True, shift=0.1, erase=0.5
+    )
     plain = backbones.compact_cnn(filters=(8, 16), hidden=16, embedding_dim=4, rescale=1 / 255)
     plain.set_weights(augmented.get_weights())
     kinds = [type(layer) for layer in augmented.layers]
-    assert layers.RandomFlip in kinds and layers.RandomTranslation in kinds
+    assert layers.RandomFlip in kinds and layers.RandomTranslation in kinds and layers.RandomErasing in kinds
     np.testing.assert_allclose(augmented.predict(images, verbose=0), plain.predict(images, verbose=0), rtol=1e-6, atol=1e-6)
     trained = keras.ops.convert_to_numpy(augmented(images, training=True))
     assert not np.allclose(trained, keras.ops.convert_to_numpy(plain(images, training=True)), atol=1e-4)
+
+
+def test_compact_cnn_blocks_and_dropout():
+    model = backbones.compact_cnn(filters=(4, 8, 8), convs=(1, 2, 2), hidden=16, embedding_dim=6, dropout=0.25)
+    assert [layer.filters for layer in of_type(model, layers.Conv2D)] == [4, 8, 8, 8, 8]
+    assert len(of_type(model, layers.BatchNormalization)) == 5
+    assert len(of_type(model, layers.MaxPooling2D)) == 3  # one per block
+    assert [layer.rate for layer in of_type(model, layers.Dropout)] == [0.25]
+    assert [layer.filters for layer in of_type(backbones.compact_cnn(filters=(4, 8), convs=2), layers.Conv2D)] == [4, 4, 8, 8]
+    assert not of_type(backbones.compact_cnn(filters=(4, 8)), layers.Dropout)
+    with pytest.raises(ValueError, match="one per block"):
+        backbones.compact_cnn(filters=(4, 8), convs=(1, 2, 2))

@@ -216,3 +216,51 @@ def test_other_backends_never_take_the_torch_path():
     assert not torch_fit.can_step_directly(model)
     assert torch_fit.array_loader(_triplets(8), 4, True) is None
     assert torch_fit.array_loader(np.zeros((8, 2), "float32"), 4, True, y=np.zeros(8, "int32")) is None
+
+
+def _adam_steps(apply, optimizer, steps=4):
+    """Variables after `steps` updates of three variables by `apply` (fixed pseudo-random gradients)."""
+    import torch
+
+    rng = np.random.default_rng(8)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in [(5, 3), (3,), (2, 2)]]
+    optimizer.build(variables)
+    for _ in range(steps):
+        gradients = [torch.tensor(rng.normal(size=variable.shape).astype("float32")) for variable in variables]
+        with torch.no_grad():
+            apply(optimizer, gradients, variables)
+    return [np.array(variable.numpy()) for variable in variables], int(optimizer.iterations.numpy())
+
+
+@torch_only
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: keras.optimizers.Adam(1e-2),
+        lambda: keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3, decay_steps=5), beta_1=0.8),
+        lambda: keras.optimizers.Adam(1e-2, weight_decay=0.1),  # keras' apply: not a plain Adam
+        lambda: keras.optimizers.Adam(1e-2, clipnorm=0.5),
+        lambda: keras.optimizers.SGD(1e-2, momentum=0.9),
+    ],
+)
+def test_apply_gradients_is_keras_apply_bit_for_bit(make):
+    ours = _adam_steps(torch_fit.apply_gradients, make())
+    reference = _adam_steps(lambda optimizer, gradients, variables: optimizer.apply(gradients, variables), make())
+    assert ours[1] == reference[1] == 4
+    for mine, theirs in zip(ours[0], reference[0]):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+@torch_only
+def test_apply_gradients_takes_the_direct_update_only_for_a_plain_adam():
+    import torch
+
+    variables = [keras.Variable(np.ones((2, 2), "float32"))]
+    gradients = [torch.ones(2, 2)]
+    plain = keras.optimizers.Adam(1e-2)
+    plain.build(variables)
+    assert torch_fit._plain_adam(plain, gradients, variables)
+    assert not torch_fit._plain_adam(plain, [None], variables)
+    for other in [keras.optimizers.Adam(amsgrad=True), keras.optimizers.Adam(weight_decay=0.1), keras.optimizers.AdamW()]:
+        other.build(variables)
+        assert not torch_fit._plain_adam(other, gradients, variables)

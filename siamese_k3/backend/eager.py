@@ -19,7 +19,8 @@ policy other than float32 (mixed precision, quantisation) or rematerialisation.
 Layers of other classes (custom or subclassed ones included) inside the
 graph are called through `__call__` as usual. Conv2D, MaxPooling2D, Dense and
 Activation layers run through `siamese_k3.backend.kernels`: the same torch ops
-without keras' layout copies and per-op dispatch.
+without keras' layout copies and per-op dispatch; BatchNormalization through
+torch's fused kernel (equal to rounding).
 """
 
 import inspect
