@@ -32,7 +32,8 @@ def check_distance(distance):
 
 def to_float32(x):
     """Upcast half-precision (or integer) tensors to float32; keep float64."""
-    x = ops.convert_to_tensor(x)
+    if not ops.is_tensor(x):
+        x = ops.convert_to_tensor(x)
     if ops.dtype(x) not in ("float32", "float64"):
         x = ops.cast(x, "float32")
     return x
@@ -53,7 +54,8 @@ def safe_sqrt(squared):
     would turn it into 0, as XLA rewrites a product with a converted
     comparison into a select.
     """
-    squared = ops.convert_to_tensor(squared)
+    if not ops.is_tensor(squared):
+        squared = ops.convert_to_tensor(squared)
     positive = ops.sign(squared)
     return ops.sqrt(squared + (1.0 - positive)) * positive
 

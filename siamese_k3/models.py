@@ -140,6 +140,12 @@ class _FastModel(keras.Model):
             return torch_fit.test_step(self, *args)
         return distributed.replica_logs(super().test_step(*args))
 
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, *args, **kwargs):
+        # On torch, batch hooks only for callbacks that have them, synchronously on the CPU (backend/fit.py).
+        if not args:
+            callbacks = torch_fit.callback_list(self, x, callbacks, verbose, epochs, kwargs.get("steps_per_epoch"))
+        return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # keras' own (tensorflow) reads one distributed batch and reduces it with
         # strategy.reduce, which MultiWorkerMirroredStrategy refuses for a (x, y)

@@ -257,10 +257,131 @@ def test_apply_gradients_takes_the_direct_update_only_for_a_plain_adam():
 
     variables = [keras.Variable(np.ones((2, 2), "float32"))]
     gradients = [torch.ones(2, 2)]
+
+    def direct(optimizer, gradients):
+        return torch_fit._adam_tensors(optimizer, variables) is not None and torch_fit._plain_adam(
+            optimizer, gradients, variables
+        )
+
     plain = keras.optimizers.Adam(1e-2)
+    assert torch_fit._adam_tensors(plain, variables) is None  # not built yet
     plain.build(variables)
-    assert torch_fit._plain_adam(plain, gradients, variables)
-    assert not torch_fit._plain_adam(plain, [None], variables)
+    assert direct(plain, gradients)
+    assert not direct(plain, [None])
     for other in [keras.optimizers.Adam(amsgrad=True), keras.optimizers.Adam(weight_decay=0.1), keras.optimizers.AdamW()]:
         other.build(variables)
-        assert not torch_fit._plain_adam(other, gradients, variables)
+        assert not direct(other, gradients)
+
+
+@torch_only
+def test_adam_tensors_are_read_again_when_the_optimizer_or_the_variables_change():
+    variables = [keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.zeros(3, "float32"))]
+    optimizer = keras.optimizers.Adam(1e-2)
+    optimizer.build(variables)
+    values, momentums, velocities, iterations = torch_fit._adam_tensors(optimizer, variables)
+    assert torch_fit._adam_tensors(optimizer, variables)[0] is values  # cached
+    assert [value is variable.value for value, variable in zip(values, variables)] == [True, True]
+    assert momentums[1] is optimizer._momentums[1].value and velocities[0] is optimizer._velocities[0].value
+    assert iterations is optimizer.iterations.value
+    assert torch_fit._adam_tensors(optimizer, variables[:1]) is None  # not the variables it was built for
+    assert torch_fit._adam_tensors(optimizer, variables[::-1])[0][0] is variables[1].value
+    optimizer.build(variables)  # new slots
+    assert torch_fit._adam_tensors(optimizer, variables)[1][0] is optimizer._momentums[0].value
+
+
+@torch_only
+def test_training_after_assign_and_set_weights_still_matches_keras():
+    """The cached tensors are the variables' own: assigning new values does not detach them."""
+    data = _triplets(32)
+    ours, reference = _model(dropout=0.0), _model(dropout=0.0)
+    fresh = [np.full(weight.shape, 0.01, "float32") for weight in ours.get_weights()]
+    for model, path in ((ours, contextlib.nullcontext), (reference, _keras_path)):
+        with path():
+            model.fit(data, batch_size=8, epochs=1, verbose=0, shuffle=False)
+            model.set_weights(fresh)
+            model.layers[-1].layers[1].kernel.assign(np.full((20, 16), -0.02, "float32"))
+            model.fit(data, batch_size=8, epochs=1, verbose=0, shuffle=False)
+    for mine, theirs in zip(ours.get_weights(), reference.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Every batch hook's (name, batch, logs) and the thread it ran on."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.threads = [], set()
+
+    def _record(self, name, batch, logs):
+        import threading
+
+        self.threads.add(threading.current_thread().name)
+        self.calls.append((name, batch, dict(logs or {})))
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._record("train_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._record("train_end", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._record("test_end", batch, logs)
+
+
+@torch_only
+def test_batch_hooks_see_what_keras_gives_them_on_the_main_thread():
+    import threading
+
+    histories = []
+    recorders = []
+    for patched in (False, True):
+        recorder = _Recorder()
+        model = _model()
+        keep = mock.patch.object(torch_fit, "callback_list", lambda model, x, callbacks, *args: callbacks)
+        with keep if patched else contextlib.nullcontext():
+            history = model.fit(
+                _triplets(40), batch_size=16, epochs=2, verbose=0, callbacks=[recorder],
+                validation_data=(_triplets(10, 1),),
+            )  # fmt: skip
+        histories.append(history.history)
+        recorders.append(recorder)
+    ours, reference = recorders
+    assert histories[0] == histories[1]
+    assert ours.calls == reference.calls  # the same hooks, batches and float logs
+    assert [call[0] for call in ours.calls[:3]] == ["train_begin", "train_end", "train_begin"]
+    assert all(isinstance(value, float) for call in ours.calls for value in call[2].values())
+    assert ours.threads == {threading.current_thread().name}  # synchronous on the CPU
+
+
+@torch_only
+def test_without_batch_hooks_no_batch_work_is_done():
+    model = _model()
+    with mock.patch.object(torch_fit, "_python_logs", wraps=torch_fit._python_logs) as python_logs:
+        model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, callbacks=[keras.callbacks.History()])
+    assert python_logs.call_count == 0
+    with mock.patch.object(torch_fit, "_python_logs", wraps=torch_fit._python_logs) as python_logs:
+        model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, callbacks=[_Recorder()])
+    assert python_logs.call_count == 2 * 5  # begin and end of 5 batches
+
+
+@torch_only
+def test_progress_bar_knows_the_number_of_steps(capsys):
+    model = _model()
+    model.fit(_triplets(40), batch_size=8, epochs=1, verbose=1)
+    assert "5/5" in capsys.readouterr().out
+
+
+@torch_only
+def test_callback_list_only_where_keras_would_know_the_steps():
+    import torch
+
+    model = _model()
+    loader = torch.utils.data.DataLoader(list(range(10)), batch_size=4)
+    made = torch_fit.callback_list(model, loader, None, 0, 1, None)
+    assert isinstance(made, keras.callbacks.CallbackList) and made.params["steps"] == 3
+    assert torch_fit.callback_list(model, iter([]), None, 0, 1, 7).params["steps"] == 7
+    assert torch_fit.callback_list(model, iter([]), None, 0, 1, None) is None  # a generator: keras' own list
+    given = keras.callbacks.CallbackList([])
+    assert torch_fit.callback_list(model, loader, given, 0, 1, None) is given
+    progbar = torch_fit.callback_list(model, loader, [], 1, 2, None)
+    assert [type(callback).__name__ for callback in progbar.callbacks] == ["History", "ProgbarLogger"]
