@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from siamese_k3.backend import distributed, eager, fit as torch_fit
+from siamese_k3.backend import distributed, eager, fit as torch_fit, tf_input
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
@@ -51,23 +51,28 @@ def _carrier_targets(x, y, sample_weight):
     return y
 
 
-def _torch_batches(x, y, fit_kwargs):
-    """On torch, in-memory arrays as a DataLoader giving keras' own batches, faster.
+def _array_batches(x, y, fit_kwargs):
+    """In-memory arrays as the batches keras' own array adapter gives, delivered faster.
 
-    Only for what keras' array adapter would batch itself (no validation_split,
-    class_weight or steps_per_epoch); `batch_size` and `shuffle` move into the
-    loader, and `batch_size` stays the validation batch size as in keras.
-    Otherwise (x, y, fit_kwargs) unchanged.
+    On torch a DataLoader that gathers them directly (`fit.array_loader`); on
+    TensorFlow keras' own tf.data pipeline with tf.data's autotuning off
+    (`tf_input.array_dataset`). Only for what keras' array adapter would batch
+    itself (no validation_split, class_weight or steps_per_epoch); `batch_size`
+    and `shuffle` move into the batches, and `batch_size` stays the validation
+    batch size as in keras. Otherwise (x, y, fit_kwargs) unchanged.
     """
     if any(fit_kwargs.get(name) for name in ("validation_split", "class_weight", "steps_per_epoch")):
         return x, y, fit_kwargs
     batch_size = fit_kwargs.get("batch_size") or 32
-    loader = torch_fit.array_loader(x, batch_size, fit_kwargs.get("shuffle", True), y=y)
-    if loader is None:
+    shuffle = fit_kwargs.get("shuffle", True)
+    batches = torch_fit.array_loader(x, batch_size, shuffle, y=y)
+    if batches is None:
+        batches = tf_input.array_dataset(x, batch_size, shuffle, y=y)
+    if batches is None:
         return x, y, fit_kwargs
-    fit_kwargs = dict(fit_kwargs, batch_size=None, shuffle=False)  # the loader shuffles
+    fit_kwargs = dict(fit_kwargs, batch_size=None, shuffle=False)  # the batches are shuffled already
     fit_kwargs["validation_batch_size"] = fit_kwargs.get("validation_batch_size") or batch_size
-    return loader, None, fit_kwargs
+    return batches, None, fit_kwargs
 
 
 class _FastModel(keras.Model):
@@ -100,9 +105,11 @@ class _FastModel(keras.Model):
       bookkeeping, and Conv2D / MaxPooling2D / Dense / Activation run the
       torch ops keras' own calls end in, without its layout copies and per-op
       dispatch (`eager`, `kernels`); the train and
-      test steps keep the running loss mean with in-place additions (`fit`);
-      and `fit` on in-memory numpy arrays gathers keras' own shuffled batches
-      directly (`fit.array_loader`).
+      test steps keep the running loss mean with in-place additions and
+      update keras' Adam without its `apply` bookkeeping (`fit`); `fit` on
+      in-memory numpy arrays gathers keras' own shuffled batches directly
+      (`fit.array_loader`); and batch-level callback hooks run only when a
+      callback has one, synchronously on the CPU (`fit.callback_list`).
     """
 
     def __init__(self, backbone, **kwargs):
@@ -267,7 +274,7 @@ class SiameseModel(_FastModel):
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)
         if y is None and sample_weight is None and not args:
-            x, y, kwargs = _torch_batches(x, None, kwargs)
+            x, y, kwargs = _array_batches(x, None, kwargs)
         return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
@@ -341,5 +348,5 @@ class MiningModel(_FastModel):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if y is not None and not args and kwargs.get("sample_weight") is None:
-            x, y, kwargs = _torch_batches(x, y, kwargs)
+            x, y, kwargs = _array_batches(x, y, kwargs)
         return super().fit(x, y, *args, **kwargs)
