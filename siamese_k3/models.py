@@ -110,6 +110,11 @@ class _FastModel(keras.Model):
       in-memory numpy arrays gathers keras' own shuffled batches directly
       (`fit.array_loader`); and batch-level callback hooks run only when a
       callback has one, synchronously on the CPU (`fit.callback_list`).
+
+    - On TensorFlow, `fit` on in-memory numpy arrays trains on keras' own
+      tf.data batches with tf.data's autotuning off, in one private thread
+      (`tf_input.array_dataset`), which on a small CPU no longer competes with
+      the step.
     """
 
     def __init__(self, backbone, **kwargs):
