@@ -51,7 +51,7 @@ def _carrier_targets(x, y, sample_weight):
     return y
 
 
-def _array_batches(x, y, fit_kwargs):
+def _array_batches(model, x, y, fit_kwargs):
     """In-memory arrays as the batches keras' own array adapter gives, delivered faster.
 
     On torch a DataLoader that gathers them directly (`fit.array_loader`); on
@@ -67,7 +67,7 @@ def _array_batches(x, y, fit_kwargs):
     shuffle = fit_kwargs.get("shuffle", True)
     batches = torch_fit.array_loader(x, batch_size, shuffle, y=y)
     if batches is None:
-        batches = tf_input.array_dataset(x, batch_size, shuffle, y=y)
+        batches = tf_input.array_dataset(x, batch_size, shuffle, y=y, model=model)
     if batches is None:
         return x, y, fit_kwargs
     fit_kwargs = dict(fit_kwargs, batch_size=None, shuffle=False)  # the batches are shuffled already
@@ -279,7 +279,7 @@ class SiameseModel(_FastModel):
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)
         if y is None and sample_weight is None and not args:
-            x, y, kwargs = _array_batches(x, None, kwargs)
+            x, y, kwargs = _array_batches(self, x, None, kwargs)
         return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
@@ -353,5 +353,5 @@ class MiningModel(_FastModel):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if y is not None and not args and kwargs.get("sample_weight") is None:
-            x, y, kwargs = _array_batches(x, y, kwargs)
+            x, y, kwargs = _array_batches(self, x, y, kwargs)
         return super().fit(x, y, *args, **kwargs)

@@ -100,15 +100,20 @@ def test_dataset_options_cardinality_and_batches():
 def test_declines_what_keras_should_handle():
     import tensorflow as tf
 
-    x, y = _labelled(20)
+    x, y = _labelled(18)
+    assert tf_input.array_dataset(x, 4, True, y=y) is not None
     assert tf_input.array_dataset(list(x), 4, True, y=y) is None  # not numpy arrays
     assert tf_input.array_dataset(x, 4, True, y=y[:10]) is None  # lengths differ
     assert tf_input.array_dataset(x[:0], 4, True) is None
-    with tf.distribute.OneDeviceStrategy("/cpu:0").scope():
+    strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
+    with strategy.scope():
         assert tf_input.array_dataset(x, 4, True, y=y) is None
+        model = MiningModel(_backbone(0))
+    assert tf_input.array_dataset(x, 4, True, y=y, model=model) is None  # built in a strategy's scope
+    assert tf_input.array_dataset(x, 4, True, y=y, model=MiningModel(_backbone(0))) is not None
 
 
 @pytest.mark.skipif(ON_TF, reason="checks the other backends")
 def test_other_backends_never_take_it():
-    x, y = _labelled(20)
+    x, y = _labelled(18)
     assert tf_input.array_dataset(x, 4, True, y=y) is None

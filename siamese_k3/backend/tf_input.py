@@ -25,19 +25,22 @@ except ImportError:  # pragma: no cover - a keras that moved it
     ArrayDataAdapter = None
 
 
-def array_dataset(x, batch_size, shuffle, y=None):
-    """keras' tf.data pipeline for ``fit(x, y, batch_size=batch_size, shuffle=shuffle)``, autotuning off; or None.
+def array_dataset(x, batch_size, shuffle, y=None, model=None):
+    """keras' tf.data pipeline for ``model.fit(x, y, batch_size=batch_size, shuffle=shuffle)``, autotuning off; or None.
 
     `x` is a numpy array, or a tuple, list or dict of them; `y` None or a numpy
     array. None (keras builds its own input) unless the backend is
-    TensorFlow, outside any `tf.distribute` strategy, and every array is a
-    numpy array of the same, non-zero length.
+    TensorFlow, outside any `tf.distribute` strategy (neither in a strategy's
+    scope nor a `model` built in one), and every array is a numpy array of
+    the same, non-zero length.
     """
     if keras.backend.backend() != "tensorflow" or ArrayDataAdapter is None:
         return None
     import tensorflow as tf
 
     if tf.distribute.has_strategy() or keras.distribution.distribution() is not None:
+        return None
+    if model is not None and model.distribute_strategy is not tf.distribute.get_strategy():
         return None
     arrays = list(x.values()) if isinstance(x, dict) else list(x) if type(x) in (tuple, list) else [x]
     arrays += [y] if y is not None else []
