@@ -72,7 +72,8 @@ def train_step(model, data):
     """
     import torch
 
-    trainable_weights = model.trainable_weights[:]
+    x, y, y_pred, sample_weight, loss = _loss(model, data, training=True)
+    trainable_weights = model.trainable_weights[:]  # after the forward pass, as keras reads them
     adam = _adam_tensors(model.optimizer, trainable_weights)
     if adam is None:
         model.zero_grad()
@@ -81,7 +82,6 @@ def train_step(model, data):
         values = adam[0]
         for value in values:
             value.grad = None
-    x, y, y_pred, sample_weight, loss = _loss(model, data, training=True)
     engine = _engine()
     if trainable_weights:
         model.optimizer.scale_loss(loss).backward()
