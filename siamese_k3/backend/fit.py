@@ -89,10 +89,7 @@ def train_step(model, data):
         if engine is not None:
             loss = engine.average(loss, gradients, _float_states(model))
         with torch.no_grad():
-            if adam is not None and _plain_adam(model.optimizer, gradients, trainable_weights):
-                _adam_update(model.optimizer, gradients, *adam)
-            else:
-                model.optimizer.apply(gradients, trainable_weights)
+            apply_gradients(model.optimizer, gradients, trainable_weights, adam)
     else:  # as keras' own step does
         warnings.warn("The model does not have any trainable weights.")
     _track(model._loss_tracker, loss, x)
@@ -109,7 +106,7 @@ def test_step(model, data):
     return _logs(model, y, y_pred, sample_weight)
 
 
-def apply_gradients(optimizer, gradients, variables):
+def apply_gradients(optimizer, gradients, variables, adam=None):
     """``optimizer.apply(gradients, variables)``; for keras' own torch Adam, its update without the bookkeeping.
 
     keras' `apply` spends more time in Python around the update than a small
@@ -125,9 +122,11 @@ def apply_gradients(optimizer, gradients, variables):
 
     then iterations += 1. Every other optimizer, or an Adam with weight decay,
     clipping, EMA, gradient accumulation, loss scaling, AMSGrad or variable
-    constraints, goes through keras' `apply`.
+    constraints, goes through keras' `apply`. `adam`: what `_adam_tensors` gives
+    for these arguments, when the caller has read it already.
     """
-    adam = _adam_tensors(optimizer, variables)
+    if adam is None:
+        adam = _adam_tensors(optimizer, variables)
     if adam is None or not _plain_adam(optimizer, gradients, variables):
         optimizer.apply(gradients, variables)
         return
