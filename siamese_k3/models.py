@@ -4,7 +4,8 @@ import keras
 import numpy as np
 from keras import ops
 
-from siamese_k3.backend import distributed, eager, fit as torch_fit, tf_input
+from siamese_k3.backend import distributed
+from siamese_k3.backend.fast_path import enabled_by_environment, path_of
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
@@ -51,70 +52,26 @@ def _carrier_targets(x, y, sample_weight):
     return y
 
 
-def _array_batches(model, x, y, fit_kwargs):
-    """In-memory arrays as the batches keras' own array adapter gives, delivered faster.
-
-    On torch a DataLoader that gathers them directly (`fit.array_loader`); on
-    TensorFlow keras' own tf.data pipeline with tf.data's autotuning off
-    (`tf_input.array_dataset`). Only for what keras' array adapter would batch
-    itself (no validation_split, class_weight or steps_per_epoch); `batch_size`
-    and `shuffle` move into the batches, and `batch_size` stays the validation
-    batch size as in keras. Otherwise (x, y, fit_kwargs) unchanged.
-    """
-    if any(fit_kwargs.get(name) for name in ("validation_split", "class_weight", "steps_per_epoch")):
-        return x, y, fit_kwargs
-    batch_size = fit_kwargs.get("batch_size") or 32
-    shuffle = fit_kwargs.get("shuffle", True)
-    batches = torch_fit.array_loader(x, batch_size, shuffle, y=y)
-    if batches is None:
-        batches = tf_input.array_dataset(x, batch_size, shuffle, y=y, model=model)
-    if batches is None:
-        return x, y, fit_kwargs
-    fit_kwargs = dict(fit_kwargs, batch_size=None, shuffle=False)  # the batches are shuffled already
-    fit_kwargs["validation_batch_size"] = fit_kwargs.get("validation_batch_size") or batch_size
-    return batches, None, fit_kwargs
-
-
 class _FastModel(keras.Model):
-    """What every siamese_k3 training model shares: a backbone, and the backend's fastest settings by default.
+    """What every siamese_k3 training model shares: a backbone, and the training fast path.
 
     - ``backbone``: a `keras.Model` mapping one input batch to embeddings
       [B, D], serialized with the model (`get_config` / `from_config`).
 
-    - `compile`: left as None, ``steps_per_execution`` and ``jit_compile`` take
-      the values measured fastest on each backend (benchmarks/RESULTS.md):
+    - The fast path (`siamese_k3.backend.fast_path`): each backend's cheaper
+      way through keras' `fit`, with keras' results: the same losses, weights,
+      history and callback calls (``tests/test_conformance.py`` checks it
+      against keras' own path). Left as None, ``steps_per_execution`` and
+      ``jit_compile`` take the values measured fastest on the backend
+      (benchmarks/RESULTS.md); a value passed explicitly, ``"auto"`` included,
+      is used as is. A `fit` whose callbacks have batch hooks then runs one
+      step per execution, so they see every batch.
 
-      - jax: ``steps_per_execution=32``, ``jit_compile="auto"`` (XLA);
-      - tensorflow: ``steps_per_execution=32``, ``jit_compile=True`` (XLA, also
-        on CPU, where keras' ``"auto"`` leaves it off) unless a layer does not
-        support XLA;
-      - torch: ``steps_per_execution=1`` (the only value keras supports on
-        torch) and eager execution, with keras' per-step overheads trimmed
-        (below). ``torch.compile`` (``jit_compile=True``) is opt-in: it costs
-        seconds to minutes of compilation per model and a C++ compiler.
-
-      With ``run_eagerly=True`` both keep keras' defaults. A value passed
-      explicitly, ``"auto"`` included, is used as is. With
-      ``steps_per_execution=N > 1`` keras runs N batches per call, so
-      batch-level callbacks and the progress bar run once every N batches;
-      pass ``steps_per_execution=1`` when a callback must see every batch.
-
-    - On PyTorch, where every step runs in Python, keras' per-step work is done
-      more cheaply with the same results (`siamese_k3.backend`): the model and a
-      functional backbone of keras' own layers skip keras' per-layer call
-      bookkeeping, and Conv2D / MaxPooling2D / Dense / Activation run the
-      torch ops keras' own calls end in, without its layout copies and per-op
-      dispatch (`eager`, `kernels`); the train and
-      test steps keep the running loss mean with in-place additions and
-      update keras' Adam without its `apply` bookkeeping (`fit`); `fit` on
-      in-memory numpy arrays gathers keras' own shuffled batches directly
-      (`fit.array_loader`); and batch-level callback hooks run only when a
-      callback has one, synchronously on the CPU (`fit.callback_list`).
-
-    - On TensorFlow, `fit` on in-memory numpy arrays trains on keras' own
-      tf.data batches with tf.data's autotuning off, in one private thread
-      (`tf_input.array_dataset`), which on a small CPU no longer competes with
-      the step.
+      ``compile(fast_path=False)``, or ``SIAMESE_K3_FAST_PATH=0`` in the
+      environment, turns it off: the model then trains exactly as a plain
+      `keras.Model` with the same `call` and `compute_loss`, keras' defaults
+      included. It is also off, with a warning, on a keras outside the range
+      the suite is run on (`fast_path.TESTED_KERAS`).
     """
 
     def __init__(self, backbone, **kwargs):
@@ -122,6 +79,8 @@ class _FastModel(keras.Model):
         if not isinstance(backbone, keras.Model):
             raise TypeError(f"backbone must be a keras.Model, got {type(backbone).__name__}.")
         self.backbone = backbone
+        self._fast_path = enabled_by_environment()
+        self._default_steps_per_execution = False
 
     def get_config(self):
         return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
@@ -132,34 +91,47 @@ class _FastModel(keras.Model):
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
         return cls(**config)
 
+    def _training_path(self):
+        return path_of(self)
+
     def __call__(self, inputs, *args, **kwargs):
-        # On torch, skip keras' per-call bookkeeping when it would change nothing (backend/eager.py).
-        training = kwargs.get("training")
-        if not args and set(kwargs) == {"training"} and eager.can_call_directly(self, inputs, training):
-            return self.call(inputs, training=training)
+        if not args and set(kwargs) == {"training"}:
+            outputs = self._training_path().call(self, inputs, kwargs["training"])
+            if outputs is not None:
+                return outputs
         return super().__call__(inputs, *args, **kwargs)
 
+    def _forward(self, inputs, training):
+        """The backbone's embeddings of `inputs`, through the fast path's forward pass."""
+        return self._training_path().forward(self.backbone, inputs, training)
+
     def train_step(self, *args):
-        # On torch, the running loss mean without keras' Mean overhead, and the
-        # gradients averaged over the ranks under data-parallel training (backend/fit.py).
-        if torch_fit.can_step_directly(self):
-            return torch_fit.train_step(self, *args)
-        torch_fit.check_not_data_parallel(self)
+        step = self._training_path().train_step(self)
+        if step is not None:
+            return step(self, *args)
         return distributed.replica_logs(super().train_step(*args))
 
     def test_step(self, *args):
-        if torch_fit.can_step_directly(self):
-            return torch_fit.test_step(self, *args)
+        step = self._training_path().test_step(self)
+        if step is not None:
+            return step(self, *args)
         return distributed.replica_logs(super().test_step(*args))
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, *args, **kwargs):
-        # On torch, batch hooks only for callbacks that have them, synchronously on the CPU (backend/fit.py).
-        if not args:
-            callbacks = torch_fit.callback_list(self, x, callbacks, verbose, epochs, kwargs.get("steps_per_epoch"))
-        return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+        path = self._training_path()
+        with path.fit_scope(self, callbacks):
+            if not args:
+                callbacks = path.callbacks(self, x, callbacks, verbose, epochs, kwargs.get("steps_per_epoch"))
+            return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+
+    def _fit_input(self, x, y, fit_kwargs):
+        """(x, y, fit_kwargs) with in-memory arrays as the fast path's batches (keras' own, delivered faster)."""
+        fit_kwargs = dict(fit_kwargs)
+        x, y, fit_kwargs = self._training_path().fit_input(self, x, y, fit_kwargs)
+        return x, y, fit_kwargs
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras' own (tensorflow) reads one distributed batch and reduces it with
+        # keras' own reads one distributed batch and reduces it with
         # strategy.reduce, which MultiWorkerMirroredStrategy refuses for a (x, y)
         # tuple; and reading ahead would drop that batch. Under data-parallel
         # training build from the dataset's spec instead (backend/distributed).
@@ -168,30 +140,25 @@ class _FastModel(keras.Model):
             return super()._maybe_symbolic_build(data_batch=signature)
         return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
-    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, **kwargs):
-        """`keras.Model.compile` with the backend's fastest settings as defaults (see the class)."""
+    def compile(self, optimizer="adam", steps_per_execution=None, jit_compile=None, fast_path=None, **kwargs):
+        """`keras.Model.compile`, with the fast path's defaults for arguments left as None (see the class).
+
+        Args:
+            fast_path: False trains on keras' own path; None (default) follows
+                ``SIAMESE_K3_FAST_PATH`` (on unless it is 0); True turns it on.
+        """
         if isinstance(optimizer, keras.optimizers.Optimizer):
             rate = optimizer.get_config().get("learning_rate")  # a float, a serialized schedule, or absent
             if isinstance(rate, (int, float)):
                 check_learning_rate(rate, name="optimizer learning_rate")
-        backend = keras.backend.backend()
-        eager_run = bool(kwargs.get("run_eagerly"))
-        if steps_per_execution is None:
-            # Amortises fit()'s per-step host work (callback dispatch, state
-            # bookkeeping, one compiled-function call per batch) over 32 batches.
-            steps_per_execution = 1 if eager_run or backend == "torch" else 32
-            # keras 3.15's multi-step loop fails under MultiWorkerMirroredStrategy ("destinations can not be empty").
-            steps_per_execution = min(steps_per_execution, distributed.max_steps_per_execution())
-        if jit_compile is None:
-            jit_compile = "auto"
-            # Not for a layer without XLA support: keras would warn and fall back.
-            # Nor under tf.distribute, where keras' "auto" leaves XLA off.
-            if backend == "tensorflow" and not eager_run and distributed.current() is None and all(
-                getattr(layer, "supports_jit", True) for layer in self._flatten_layers()
-            ):
-                jit_compile = True
+        self._fast_path = enabled_by_environment() if fast_path is None else bool(fast_path)
+        default_steps, default_jit = self._training_path().compile_defaults(self, bool(kwargs.get("run_eagerly")))
+        self._default_steps_per_execution = steps_per_execution is None and default_steps > 1
         super().compile(
-            optimizer=optimizer, steps_per_execution=steps_per_execution, jit_compile=jit_compile, **kwargs
+            optimizer=optimizer,
+            steps_per_execution=default_steps if steps_per_execution is None else steps_per_execution,
+            jit_compile=default_jit if jit_compile is None else jit_compile,
+            **kwargs,
         )
 
     def compile_from_config(self, config):
@@ -212,10 +179,10 @@ class SiameseModel(_FastModel):
 
     (`siamese_k3.losses.triplet_loss`), computed in `compute_loss` with
     keras.ops, so the standard `compile()` / `fit()` / `evaluate()` /
-    `predict()` work unchanged on TensorFlow, JAX and PyTorch. Data is the
+    `predict()` work unchanged on every keras backend. Data is the
     triplet alone, no labels: numpy arrays ``fit((a, p, n))``, a
-    `keras.utils.PyDataset` whose items are ``((a, p, n),)``, or a `tf.data`
-    dataset of such elements.
+    `keras.utils.PyDataset` whose items are ``((a, p, n),)``, or any dataset
+    `fit` takes whose elements are such.
 
     The backbone runs once per step on the concatenated 3·B batch rather
     than three times (measured faster, see benchmarks/RESULTS.md). Hence a
@@ -224,8 +191,8 @@ class SiameseModel(_FastModel):
     moving averages once per step, as a single forward pass of all the
     images would.
 
-    `compile` defaults to each backend's fastest settings, and on PyTorch
-    keras' per-step work is trimmed with the same results (`_FastModel`).
+    `compile` defaults to each backend's fastest settings, and keras' per-step
+    work is trimmed with the same results (the fast path, `_FastModel`).
 
     `model.backbone` is the standalone embedding network: train here, then
     ``model.backbone.predict(images)``; no weight copying.
@@ -251,9 +218,7 @@ class SiameseModel(_FastModel):
     def call(self, inputs, training=None):
         anchor, positive, negative = split_triplet(inputs)
         batch_size = ops.shape(anchor)[0]
-        embeddings = eager.forward(
-            self.backbone, ops.concatenate([anchor, positive, negative], axis=0), training
-        )
+        embeddings = self._forward(ops.concatenate([anchor, positive, negative], axis=0), training)
         return (
             embeddings[:batch_size],
             embeddings[batch_size : 2 * batch_size],
@@ -279,7 +244,7 @@ class SiameseModel(_FastModel):
     def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
         y = _carrier_targets(x, y, sample_weight)
         if y is None and sample_weight is None and not args:
-            x, y, kwargs = _array_batches(self, x, None, kwargs)
+            x, y, kwargs = self._fit_input(x, None, kwargs)
         return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
@@ -291,8 +256,8 @@ class SiameseModel(_FastModel):
 
         The loss is built in (set margin/distance/soft on the model). Left as
         None, ``steps_per_execution`` and ``jit_compile`` take the values measured
-        fastest on each backend (see `_FastModel`: 32 and XLA on jax and
-        tensorflow, eager torch with keras' per-step overheads trimmed).
+        fastest on each backend (`_FastModel`); ``fast_path=False`` keeps keras'
+        own path and defaults.
         """
         if kwargs.get("loss") is not None:
             raise ValueError(
@@ -314,7 +279,7 @@ class SiameseModel(_FastModel):
 class MiningModel(_FastModel):
     """A backbone trained on labelled batches with an online-mining triplet loss.
 
-    The TF Addons pattern ``backbone.compile(loss=TripletSemiHardLoss())``,
+    The Addons-era pattern ``backbone.compile(loss=TripletSemiHardLoss())``,
     ``backbone.fit(images, labels)``, on the fast path: ``model =
     MiningModel(backbone)``, then ``model.compile(loss=...)`` and
     ``model.fit(images, labels)`` as with any keras model. The loss gets
@@ -325,10 +290,8 @@ class MiningModel(_FastModel):
     `siamese_k3.data.ClassBalancedBatches`) so that every anchor has positives.
 
     What plain ``backbone.compile`` leaves at keras' defaults, `compile` sets
-    to each backend's fastest (`_FastModel`): XLA on tensorflow (keras'
-    ``"auto"`` leaves it off on the CPU), 32 steps per execution on jax and
-    tensorflow, and on torch keras' per-layer and per-step overheads trimmed,
-    channels-last convolutions without keras' layout copies included.
+    to each backend's fastest, and keras' per-layer and per-step work is
+    trimmed with the same results (the fast path, `_FastModel`).
     ``model(images)`` is ``backbone(images)``; `model.backbone` is the
     embedding network, trained in place (save it alone with
     `standalone_embedding`).
@@ -343,7 +306,7 @@ class MiningModel(_FastModel):
         self.built = True
 
     def call(self, inputs, training=None):
-        return eager.forward(self.backbone, inputs, training)
+        return self._forward(inputs, training)
 
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """`keras.Model.compile` with Adam, `TripletSemiHardLoss()` and the backend's fastest settings as defaults."""
@@ -353,5 +316,5 @@ class MiningModel(_FastModel):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         if y is not None and not args and kwargs.get("sample_weight") is None:
-            x, y, kwargs = _array_batches(self, x, y, kwargs)
+            x, y, kwargs = self._fit_input(x, y, kwargs)
         return super().fit(x, y, *args, **kwargs)

@@ -1,10 +1,10 @@
-"""siamese_k3.backend.eager: the direct-call forward pass computes what keras' own call does.
+"""siamese_k3.backend.torch.forward: the direct-call forward pass computes what keras' own call does.
 
 The reference is keras' normal path, ``model(x, training=...)``, run from the
 same variable state (weights, BatchNormalization statistics, dropout seeds):
 outputs, updated state and gradients must match exactly. BatchNormalization runs
 here through keras' own call (`_keras_batch_norm`): its fused kernel sums the
-statistics in another order (tests/test_backend_kernels.py checks it against the
+statistics in another order (tests/test_backend_torch_kernels.py checks it against the
 formula, and `test_forward_with_fused_batch_norm` the whole model to rounding).
 On jax and tensorflow `forward` is keras' call itself, so these tests check the
 torch path.
@@ -19,7 +19,7 @@ from _grad import gradient
 from keras import layers, ops
 
 from siamese_k3 import backbones
-from siamese_k3.backend import eager, kernels
+from siamese_k3.backend.torch import forward as eager, kernels
 from siamese_k3.models import SiameseModel
 
 ON_TORCH = keras.backend.backend() == "torch"

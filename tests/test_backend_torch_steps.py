@@ -1,4 +1,4 @@
-"""siamese_k3.backend.fit: fit() on torch gives what keras' own steps and array batches give.
+"""siamese_k3.backend.torch (steps, arrays, callbacks): fit() on torch gives what keras' own steps and array batches give.
 
 The reference is keras' normal path, run from the same seed with this module
 switched off (`can_step_directly` False, `array_loader` None): the loss
@@ -14,7 +14,7 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_k3.backend import fit as torch_fit
+from siamese_k3.backend.torch import arrays, callbacks, steps
 from siamese_k3.losses import TripletSemiHardLoss
 from siamese_k3.metrics import FractionPositiveTriplets
 from siamese_k3.models import MiningModel, SiameseModel
@@ -44,8 +44,8 @@ def _triplets(count, seed=0, as_dict=False):
 @contextlib.contextmanager
 def _keras_path():
     """keras' own train/test steps and array adapter (the reference)."""
-    with mock.patch.object(torch_fit, "can_step_directly", lambda model: False), mock.patch.object(
-        torch_fit, "array_loader", lambda *args, **kwargs: None
+    with mock.patch.object(steps, "can_step_directly", lambda model: False), mock.patch.object(
+        arrays, "array_loader", lambda *args, **kwargs: None
     ):
         yield
 
@@ -82,14 +82,14 @@ def test_fit_matches_keras_bit_for_bit(fit_kwargs, model_kwargs, as_dict):
 @torch_only
 def test_fit_uses_the_direct_step_and_the_loader():
     model = _model()
-    loaders, original = [], torch_fit.array_loader
+    loaders, original = [], arrays.array_loader
 
     def recording_loader(*args, **kwargs):
         loaders.append(original(*args, **kwargs))
         return loaders[-1]
 
-    with mock.patch.object(torch_fit, "train_step", wraps=torch_fit.train_step) as step, mock.patch.object(
-        torch_fit, "array_loader", recording_loader
+    with mock.patch.object(steps, "train_step", wraps=steps.train_step) as step, mock.patch.object(
+        arrays, "array_loader", recording_loader
     ):
         model.fit(_triplets(64), batch_size=16, epochs=1, verbose=0)
     assert step.call_count == 4
@@ -103,7 +103,7 @@ def test_loader_batches_are_keras_batches():
 
     x = _triplets(50, as_dict=True)
     keras.utils.set_random_seed(7)
-    ours = [batch for batch in torch_fit.array_loader(x, 16, True)]
+    ours = [batch for batch in arrays.array_loader(x, 16, True)]
     keras.utils.set_random_seed(7)
     adapter = EpochIterator(x=x, batch_size=16, shuffle=True).data_adapter.get_torch_dataloader()
     reference = [batch for batch in adapter]
@@ -126,14 +126,14 @@ def test_loader_batches_are_keras_batches():
     ],
 )
 def test_loader_declines_what_keras_converts_or_rejects(x):
-    assert torch_fit.array_loader(x, 2, True) is None
+    assert arrays.array_loader(x, 2, True) is None
 
 
 @torch_only
 def test_compiled_metrics_take_the_direct_step_jit_and_custom_metrics_do_not():
-    assert torch_fit.can_step_directly(_model())
-    assert torch_fit.can_step_directly(_model(metrics=[keras.metrics.Mean()]))
-    assert not torch_fit.can_step_directly(_model(jit_compile=True))
+    assert steps.can_step_directly(_model())
+    assert steps.can_step_directly(_model(metrics=[keras.metrics.Mean()]))
+    assert not steps.can_step_directly(_model(jit_compile=True))
 
     class OwnMetrics(SiameseModel):
         def compute_metrics(self, x, y, y_pred, sample_weight=None):
@@ -143,7 +143,7 @@ def test_compiled_metrics_take_the_direct_step_jit_and_custom_metrics_do_not():
     inputs = keras.Input((20,))
     own = OwnMetrics(keras.Model(inputs, keras.layers.Dense(8)(inputs)))
     own.compile()
-    assert not torch_fit.can_step_directly(own)
+    assert not steps.can_step_directly(own)
 
 
 def _mining_model(seed=5):
@@ -191,7 +191,7 @@ def test_loader_batches_of_images_and_labels_are_keras_batches(dtype):
     rng = np.random.default_rng(1)
     images, labels = rng.random((37, 3), dtype=np.float32), np.arange(37).astype(dtype)
     keras.utils.set_random_seed(11)
-    ours = list(torch_fit.array_loader(images, 8, True, y=labels))
+    ours = list(arrays.array_loader(images, 8, True, y=labels))
     keras.utils.set_random_seed(11)
     reference = list(EpochIterator(x=images, y=labels, batch_size=8, shuffle=True).data_adapter.get_torch_dataloader())
     assert len(ours) == len(reference) == 5
@@ -204,7 +204,7 @@ def test_loader_batches_of_images_and_labels_are_keras_batches(dtype):
 @torch_only
 def test_validation_split_and_sample_weight_keep_keras_adapter():
     model = _model()
-    with mock.patch.object(torch_fit, "array_loader", wraps=torch_fit.array_loader) as loader:
+    with mock.patch.object(arrays, "array_loader", wraps=arrays.array_loader) as loader:
         model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, validation_split=0.25)
         model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, sample_weight=np.ones(40, "float32"))
     assert loader.call_count == 0
@@ -213,9 +213,9 @@ def test_validation_split_and_sample_weight_keep_keras_adapter():
 @pytest.mark.skipif(ON_TORCH, reason="checks the other backends")
 def test_other_backends_never_take_the_torch_path():
     model = _model()
-    assert not torch_fit.can_step_directly(model)
-    assert torch_fit.array_loader(_triplets(8), 4, True) is None
-    assert torch_fit.array_loader(np.zeros((8, 2), "float32"), 4, True, y=np.zeros(8, "int32")) is None
+    assert not steps.can_step_directly(model)
+    assert arrays.array_loader(_triplets(8), 4, True) is None
+    assert arrays.array_loader(np.zeros((8, 2), "float32"), 4, True, y=np.zeros(8, "int32")) is None
 
 
 def _adam_steps(apply, optimizer, steps=4):
@@ -244,7 +244,7 @@ def _adam_steps(apply, optimizer, steps=4):
     ],
 )
 def test_apply_gradients_is_keras_apply_bit_for_bit(make):
-    ours = _adam_steps(torch_fit.apply_gradients, make())
+    ours = _adam_steps(steps.apply_gradients, make())
     reference = _adam_steps(lambda optimizer, gradients, variables: optimizer.apply(gradients, variables), make())
     assert ours[1] == reference[1] == 4
     for mine, theirs in zip(ours[0], reference[0]):
@@ -259,12 +259,12 @@ def test_apply_gradients_takes_the_direct_update_only_for_a_plain_adam():
     gradients = [torch.ones(2, 2)]
 
     def direct(optimizer, gradients):
-        return torch_fit._adam_tensors(optimizer, variables) is not None and torch_fit._plain_adam(
+        return steps._adam_tensors(optimizer, variables) is not None and steps.plain_adam(
             optimizer, gradients, variables
         )
 
     plain = keras.optimizers.Adam(1e-2)
-    assert torch_fit._adam_tensors(plain, variables) is None  # not built yet
+    assert steps._adam_tensors(plain, variables) is None  # not built yet
     plain.build(variables)
     assert direct(plain, gradients)
     assert not direct(plain, [None])
@@ -278,15 +278,15 @@ def test_adam_tensors_are_read_again_when_the_optimizer_or_the_variables_change(
     variables = [keras.Variable(np.ones((2, 2), "float32")), keras.Variable(np.zeros(3, "float32"))]
     optimizer = keras.optimizers.Adam(1e-2)
     optimizer.build(variables)
-    values, momentums, velocities, iterations = torch_fit._adam_tensors(optimizer, variables)
-    assert torch_fit._adam_tensors(optimizer, variables)[0] is values  # cached
+    values, momentums, velocities, iterations = steps._adam_tensors(optimizer, variables)
+    assert steps._adam_tensors(optimizer, variables)[0] is values  # cached
     assert [value is variable.value for value, variable in zip(values, variables)] == [True, True]
     assert momentums[1] is optimizer._momentums[1].value and velocities[0] is optimizer._velocities[0].value
     assert iterations is optimizer.iterations.value
-    assert torch_fit._adam_tensors(optimizer, variables[:1]) is None  # not the variables it was built for
-    assert torch_fit._adam_tensors(optimizer, variables[::-1])[0][0] is variables[1].value
+    assert steps._adam_tensors(optimizer, variables[:1]) is None  # not the variables it was built for
+    assert steps._adam_tensors(optimizer, variables[::-1])[0][0] is variables[1].value
     optimizer.build(variables)  # new slots
-    assert torch_fit._adam_tensors(optimizer, variables)[1][0] is optimizer._momentums[0].value
+    assert steps._adam_tensors(optimizer, variables)[1][0] is optimizer._momentums[0].value
 
 
 @torch_only
@@ -337,7 +337,7 @@ def test_batch_hooks_see_what_keras_gives_them_on_the_main_thread():
     for patched in (False, True):
         recorder = _Recorder()
         model = _model()
-        keep = mock.patch.object(torch_fit, "callback_list", lambda model, x, callbacks, *args: callbacks)
+        keep = mock.patch.object(callbacks, "callback_list", lambda model, x, callbacks, *args: callbacks)
         with keep if patched else contextlib.nullcontext():
             history = model.fit(
                 _triplets(40), batch_size=16, epochs=2, verbose=0, callbacks=[recorder],
@@ -356,10 +356,10 @@ def test_batch_hooks_see_what_keras_gives_them_on_the_main_thread():
 @torch_only
 def test_without_batch_hooks_no_batch_work_is_done():
     model = _model()
-    with mock.patch.object(torch_fit, "_python_logs", wraps=torch_fit._python_logs) as python_logs:
+    with mock.patch.object(callbacks, "_python_logs", wraps=callbacks._python_logs) as python_logs:
         model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, callbacks=[keras.callbacks.History()])
     assert python_logs.call_count == 0
-    with mock.patch.object(torch_fit, "_python_logs", wraps=torch_fit._python_logs) as python_logs:
+    with mock.patch.object(callbacks, "_python_logs", wraps=callbacks._python_logs) as python_logs:
         model.fit(_triplets(40), batch_size=8, epochs=1, verbose=0, callbacks=[_Recorder()])
     assert python_logs.call_count == 2 * 5  # begin and end of 5 batches
 
@@ -377,11 +377,11 @@ def test_callback_list_only_where_keras_would_know_the_steps():
 
     model = _model()
     loader = torch.utils.data.DataLoader(list(range(10)), batch_size=4)
-    made = torch_fit.callback_list(model, loader, None, 0, 1, None)
+    made = callbacks.callback_list(model, loader, None, 0, 1, None)
     assert isinstance(made, keras.callbacks.CallbackList) and made.params["steps"] == 3
-    assert torch_fit.callback_list(model, iter([]), None, 0, 1, 7).params["steps"] == 7
-    assert torch_fit.callback_list(model, iter([]), None, 0, 1, None) is None  # a generator: keras' own list
+    assert callbacks.callback_list(model, iter([]), None, 0, 1, 7).params["steps"] == 7
+    assert callbacks.callback_list(model, iter([]), None, 0, 1, None) is None  # a generator: keras' own list
     given = keras.callbacks.CallbackList([])
-    assert torch_fit.callback_list(model, loader, given, 0, 1, None) is given
-    progbar = torch_fit.callback_list(model, loader, [], 1, 2, None)
+    assert callbacks.callback_list(model, loader, given, 0, 1, None) is given
+    progbar = callbacks.callback_list(model, loader, [], 1, 2, None)
     assert [type(callback).__name__ for callback in progbar.callbacks] == ["History", "ProgbarLogger"]

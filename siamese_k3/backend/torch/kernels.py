@@ -40,9 +40,39 @@ import keras
 from keras import ops
 
 
+# The configuration keys each kernel knows what to do with (keras 3.10 to 3.15): a layer
+# whose configuration holds anything else, such as an option a later keras adds, runs its
+# own `call`. Values that change the computation are checked by the `_*_supported` tests.
+_BASE_KEYS = {"name", "trainable", "dtype"}
+_CONV_KEYS = {"filters", "kernel_size", "strides", "padding", "data_format", "dilation_rate", "groups",
+              "activation", "use_bias", "kernel_initializer", "bias_initializer", "kernel_regularizer",
+              "bias_regularizer", "activity_regularizer", "kernel_constraint", "bias_constraint"}
+KNOWN_CONFIG_KEYS = {
+    "Conv2D": frozenset(_BASE_KEYS | _CONV_KEYS),
+    "MaxPooling2D": frozenset(_BASE_KEYS | {"pool_size", "strides", "padding", "data_format"}),
+    "Dense": frozenset(_BASE_KEYS | {"units", "activation", "use_bias", "kernel_initializer", "bias_initializer",
+                                     "kernel_regularizer", "bias_regularizer", "kernel_constraint",
+                                     "bias_constraint", "quantization_config"}),
+    "Activation": frozenset(_BASE_KEYS | {"activation"}),
+    "BatchNormalization": frozenset(_BASE_KEYS | {"axis", "momentum", "epsilon", "center", "scale",
+                                                  "beta_initializer", "gamma_initializer",
+                                                  "moving_mean_initializer", "moving_variance_initializer",
+                                                  "beta_regularizer", "gamma_regularizer", "beta_constraint",
+                                                  "gamma_constraint", "synchronized", "renorm",
+                                                  "renorm_clipping", "renorm_momentum"}),
+}  # fmt: skip
+
+
 def kernel(layer):
-    """A function (layer, inputs, training) → outputs computing ``layer.call(inputs, training=training)`` faster, or None."""
+    """A function (layer, inputs, training) → outputs computing ``layer.call(inputs, training=training)`` faster, or None.
+
+    Only for a layer of exactly one of keras' classes above, whose configuration keys are
+    all known (`KNOWN_CONFIG_KEYS`) and whose values the kernel computes as keras does.
+    """
     kind = type(layer)
+    known = KNOWN_CONFIG_KEYS.get(kind.__name__)
+    if known is None or getattr(keras.layers, kind.__name__, None) is not kind or not set(layer.get_config()) <= known:
+        return None
     if kind is keras.layers.BatchNormalization and _norm_supported(layer):
         return batch_norm
     if kind is keras.layers.Conv2D and _conv_supported(layer):
@@ -57,7 +87,11 @@ def kernel(layer):
 
 
 def _plain(layer):
-    return not getattr(layer, "lora_enabled", False) and getattr(layer, "quantization_mode", None) is None
+    return (
+        not getattr(layer, "lora_enabled", False)
+        and getattr(layer, "quantization_mode", None) is None
+        and layer.get_config().get("quantization_config") is None
+    )
 
 
 def _dense_supported(layer):
@@ -148,7 +182,7 @@ def max_pool2d(layer, inputs, training=None):
 
 
 def _norm_supported(layer):
-    return not layer.renorm and not layer.synchronized
+    return not getattr(layer, "renorm", False) and not layer.synchronized
 
 
 def batch_norm(layer, inputs, training=None):

@@ -1,4 +1,4 @@
-"""siamese_k3.backend.kernels: keras' layers on torch without layout copies and per-op dispatch.
+"""siamese_k3.backend.torch.kernels: keras' layers on torch without layout copies and per-op dispatch.
 
 The reference is the layer's own `call` (keras' torch backend): outputs and the
 gradients with respect to the input and every weight must be equal, bit for
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_k3.backend import kernels
+from siamese_k3.backend.torch import kernels
 
 ON_TORCH = keras.backend.backend() == "torch"
 pytestmark = pytest.mark.skipif(not ON_TORCH, reason="the kernels are torch-only")

@@ -18,7 +18,7 @@ Functional call converts it), a distribution, or a layer with an activity regula
 policy other than float32 (mixed precision, quantisation) or rematerialisation.
 Layers of other classes (custom or subclassed ones included) inside the
 graph are called through `__call__` as usual. Conv2D, MaxPooling2D, Dense and
-Activation layers run through `siamese_k3.backend.kernels`: the same torch ops
+Activation layers run through `siamese_k3.backend.torch.kernels`: the same torch ops
 without keras' layout copies and per-op dispatch; BatchNormalization through
 torch's fused kernel (equal to rounding).
 """
@@ -28,7 +28,7 @@ import weakref
 
 import keras
 
-from siamese_k3.backend import kernels
+from siamese_k3.backend.torch import kernels
 
 try:  # keras internals this module relies on; without them keras' normal call is always used
     from keras.src.backend.common.masking import get_keras_mask
@@ -172,7 +172,7 @@ def _build_plan(graph):
                     kind = _DIRECT
                 else:
                     kind = _KERAS
-                context = getattr(operation, "_call_context_args", ())
+                context = operation._call_context_args  # keras >= 3.10; without it, keras' own call
                 passes_training = (
                     "training" in inspect.signature(operation.call).parameters
                     if kind == _DIRECT

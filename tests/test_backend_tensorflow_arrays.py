@@ -1,4 +1,4 @@
-"""siamese_k3.backend.tf_input: on TensorFlow, fit() on arrays trains on keras' own batches, autotuning off.
+"""siamese_k3.backend.tensorflow.arrays: on TensorFlow, fit() on arrays trains on keras' own batches, autotuning off.
 
 The reference is keras' own array adapter, used when `array_dataset` is
 switched off: the loss history and the trained weights must be equal, bit for
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_k3.backend import tf_input
+from siamese_k3.backend.tensorflow import arrays as tf_input
 from siamese_k3.losses import TripletSemiHardLoss
 from siamese_k3.models import MiningModel, SiameseModel
 

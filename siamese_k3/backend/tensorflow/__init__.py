@@ -1,0 +1,35 @@
+"""The fast path on TensorFlow: compile defaults, and keras' own array batches without tf.data's autotuning.
+
+- ``steps_per_execution=32`` amortises `fit`'s per-step Python work over 32
+  batches, and ``jit_compile=True`` compiles the step with XLA, also on the
+  CPU where keras' ``"auto"`` leaves it off (benchmarks/RESULTS.md); not for a
+  model with a layer that does not support XLA (keras would warn and fall
+  back), nor under tf.distribute, where keras' ``"auto"`` leaves XLA off.
+  A `fit` whose callbacks have batch hooks runs one step per execution
+  (`FastPath.fit_scope`).
+- `arrays`: for in-memory arrays, keras' own tf.data pipeline with tf.data's
+  autotuning off, in one private thread, which on a small CPU no longer
+  competes with the step.
+"""
+
+from siamese_k3.backend import distributed, fast_path
+from siamese_k3.backend.fast_path import FastPath
+from siamese_k3.backend.tensorflow import arrays
+
+
+class TensorFlowPath(FastPath):
+    """keras' TensorFlow trainer with XLA, 32 steps per execution and untuned array batches."""
+
+    name = "tensorflow"
+
+    def compile_defaults(self, model, run_eagerly):
+        if run_eagerly:
+            return 1, "auto"
+        steps = min(32, distributed.max_steps_per_execution())
+        xla = distributed.current() is None and all(
+            getattr(layer, "supports_jit", True) for layer in model._flatten_layers()
+        )
+        return steps, True if xla else "auto"
+
+    def fit_input(self, model, x, y, fit_kwargs):
+        return fast_path.adapt_arrays(arrays.array_dataset, model, x, y, fit_kwargs)

@@ -1,0 +1,62 @@
+"""The fast path on PyTorch: keras' per-layer and per-step host work, done more cheaply with the same results.
+
+On torch every step of `fit` runs eagerly in Python, so keras' bookkeeping
+around the model costs as much as a small model's arithmetic. `TorchPath`
+trims it, module by module:
+
+- `forward`: a functional backbone of keras' own layers runs its graph
+  calling each layer's `call` directly, without `Layer.__call__`'s per-call
+  bookkeeping; the model's own `__call__` likewise (`TorchPath.call`);
+- `kernels`: Conv2D, MaxPooling2D, Dense, Activation and BatchNormalization
+  as the torch ops keras' calls end in, without layout copies and per-op
+  dispatch (BatchNormalization fused, equal to float32 rounding);
+- `steps`: train and test steps with a cheaper running loss mean and Adam
+  update (and the gradient average of torch data-parallel training);
+- `arrays`: batches of in-memory numpy arrays in keras' own order, gathered
+  directly;
+- `callbacks`: batch hooks called only for the callbacks that have them,
+  synchronously on the CPU.
+
+Each part checks that it computes what keras' own path would for the model
+at hand, and otherwise leaves the work to keras. ``jit_compile=True``
+(torch.compile) is opt-in: it costs seconds to minutes of compilation per
+model and a C++ compiler; under it keras' own calls are traced as they are.
+"""
+
+from siamese_k3.backend import fast_path
+from siamese_k3.backend.fast_path import FastPath
+from siamese_k3.backend.torch import arrays, callbacks, forward, steps
+
+
+class TorchPath(FastPath):
+    """keras' torch trainer with its host work trimmed (see the module)."""
+
+    name = "torch"
+
+    def call(self, model, inputs, training):
+        if forward.can_call_directly(model, inputs, training):
+            return model.call(inputs, training=training)
+        return None
+
+    def forward(self, backbone, inputs, training):
+        return forward.forward(backbone, inputs, training)
+
+    def train_step(self, model):
+        if steps.can_step_directly(model):
+            return steps.train_step
+        steps.check_not_data_parallel(model)
+        return None
+
+    def test_step(self, model):
+        return steps.test_step if steps.can_step_directly(model) else None
+
+    def fit_input(self, model, x, y, fit_kwargs):
+        return fast_path.adapt_arrays(arrays.array_loader, model, x, y, fit_kwargs)
+
+    def callbacks(self, model, x, callback_list, verbose, epochs, steps_per_epoch):
+        return callbacks.callback_list(model, x, callback_list, verbose, epochs, steps_per_epoch)
+
+    def needed_for_data_parallel(self):
+        """Whether torch data-parallel training runs: its gradient average lives in `steps.train_step`."""
+        return steps.data_parallel_engine() is not None
+
