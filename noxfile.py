@@ -3,16 +3,25 @@
     nox                      # the three test sessions, the portability check, the distributed runs
     nox -s "tests(backend='jax')"
     nox -s distributed       # 2-process data-parallel training on each backend's own engine (CPU)
+    nox -s keras_floor       # the fast path's suite on the oldest keras pyproject allows
+    nox -s keras_newest      # ... and on the newest release it allows
     nox -s bench             # benchmarks, not run by default
 """
 
 import nox
 
-nox.options.sessions = ["tests", "portability", "distributed"]
+nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
 CONSTRAINTS = ("-c", "constraints.txt")
+# What the fast path's keras range is checked with: the conformance suite, the internals
+# and canaries, the backend modules' own tests and the models'.
+FAST_PATH_SUITE = (
+    "tests/test_conformance.py", "tests/test_keras_internals.py", "tests/test_backend_fast_path.py",
+    "tests/test_backend_torch_steps.py", "tests/test_backend_torch_forward.py", "tests/test_backend_torch_kernels.py",
+    "tests/test_backend_tensorflow_arrays.py", "tests/test_models.py",
+)
 
 
 @nox.session
@@ -52,3 +61,21 @@ def bench(session):
     """The training-core benchmark on every backend (see benchmarks/README)."""
     session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,bench]")
     session.run("python", "-m", "benchmarks.train_core", *session.posargs)
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def keras_floor(session, backend):
+    """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
+    session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
+    session.run("python", "-c", "import keras; print('keras', keras.__version__)")
+    session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})
+
+
+@nox.session
+@nox.parametrize("backend", BACKENDS)
+def keras_newest(session, backend):
+    """The fast path's suite on the newest keras release pyproject allows (only torch pinned)."""
+    session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
+    session.run("python", "-c", "import keras; print('keras', keras.__version__)")
+    session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})

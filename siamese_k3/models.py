@@ -131,7 +131,7 @@ class _FastModel(keras.Model):
         return x, y, fit_kwargs
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # keras' own reads one distributed batch and reduces it with
+        # keras' own (where its trainer has one) reads one distributed batch and reduces it with
         # strategy.reduce, which MultiWorkerMirroredStrategy refuses for a (x, y)
         # tuple; and reading ahead would drop that batch. Under data-parallel
         # training build from the dataset's spec instead (backend/distributed).

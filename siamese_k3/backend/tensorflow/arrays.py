@@ -3,13 +3,9 @@
 For in-memory arrays keras' TensorFlow trainer builds a tf.data pipeline
 (shuffled indices, a parallel ``map`` that gathers each batch, a prefetch)
 whose parallelism tf.data's autotuner tunes at run time, in threads of its
-own. On a small CPU those threads compete with the training step: on 2 cores
-the compact CNN's semi-hard step (256 images) took 504–511 ms per step through
-keras' pipeline, epoch times jumping between 400 and 800 ms, against 411–416 ms
-with the same pipeline run with autotuning off in one private thread
-(`keras.src.trainers.data_adapters` ArrayDataAdapter, measured 2026-11-30 on
-an AMD EPYC 2-core VM; benchmarks/RESULTS.md). keras itself makes the same
-choice for a `PyDataset` that has workers.
+own. On a small CPU those threads compete with the training step (timings in
+benchmarks/RESULTS.md). keras itself runs a `PyDataset` that has workers with
+autotuning off.
 
 `array_dataset` gives that pipeline: the same batches keras' adapter gives
 (its own code builds them), with these options. Nothing here imports

@@ -3,8 +3,7 @@
 keras batches numpy arrays on torch through a DataLoader (sampler, fetcher,
 collate, a profiler hook per batch) and converts every slice; drawing keras'
 shuffled order once per epoch and gathering each batch with one `numpy.take`
-per array gives the same batches for less (~0.27 → ~0.14 ms per step of three
-128 × 784 arrays on a 2-core CPU; benchmarks/RESULTS.md).
+per array gives the same batches for less.
 """
 
 import functools
@@ -27,8 +26,7 @@ def array_loader(x, batch_size, shuffle, y=None, model=None):
     every array is a float32 or integer numpy array (dtypes keras keeps) and
     all have the same length.
 
-    Cheaper per batch than keras' loader (~0.27 → ~0.14 ms for three 128 × 784
-    arrays on a 2-core CPU): the epoch's order is drawn once, each batch is one
+    Cheaper per batch than keras' loader: the epoch's order is drawn once, each batch is one
     `numpy.take` per array, and on the CPU the batch is handed over with
     ``torch.from_numpy`` rather than through a DataLoader's sampler, fetcher,
     collate and profiler hooks.

@@ -11,22 +11,20 @@ results bit for bit, the third to float32 rounding:
 and a ``MaxPooling2D`` as permute → contiguous NCHW copy → max_pool2d → permute back. Yet an
 NHWC-contiguous tensor, permuted to NCHW, already *is* a channels_last tensor in torch's terms
 (strides H·W·C, 1, W·C, C): the two copies produce exactly the memory the permutation gives for
-free. On a 2-core CPU those copies cost more than the pooling itself (a 256×28×28×32 max-pool:
-~20 ms with keras' copy, ~2 ms without). `conv2d` hands ``F.conv2d`` the permuted view with
+free. On a small CPU those copies cost more than the pooling itself (benchmarks/RESULTS.md). `conv2d` hands ``F.conv2d`` the permuted view with
 keras' own channels_last kernel, then adds keras' bias and activation: keras' values bit for bit.
 `max_pool2d` hands ``F.max_pool2d`` the view: a maximum is exact, so the values are keras'; among
 exactly equal values in a window the gradient may go to another one of them.
 
 **Dispatch.** Each keras op on torch converts and checks its inputs and dtypes in Python
-(~15–25 µs), and ``Dense.kernel`` resolves quantisation modes on every access: a small Dense layer
+at every call, and ``Dense.kernel`` resolves quantisation modes on every access: a small Dense layer
 spends more time there than in its matmul. `dense` and `activation` call the torch ops keras'
 ``Dense.call`` and ``Activation.call`` end in (``torch.matmul``, ``torch.add``, ``torch.relu``)
 directly.
 
 **Composed BatchNormalization.** keras computes the batch statistics and the normalisation with a
-dozen separate ops and autograd records each: on a 256×28×28×32 batch (the main job's first block)
-~55 ms forward and backward on a 2-core CPU, against ~10 ms for torch's fused ``batch_norm``, which
-`batch_norm` uses. The sums run in another order, so the values are keras' to rounding; and where
+dozen separate ops and autograd records each, several times the time of torch's fused
+``batch_norm``, which `batch_norm` uses. The sums run in another order, so the values are keras' to rounding; and where
 keras' E[x²] − E[x]² cancels (a large mean over a small spread) the fused kernel is the accurate one.
 
 Only for what keras would compute the same way: float32 inputs, channels-last 4-D inputs with

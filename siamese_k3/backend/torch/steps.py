@@ -162,7 +162,7 @@ def _adam_tensors(optimizer, variables):
 
     None unless `optimizer` is keras' torch Adam, built for exactly
     `variables`. Read through ``Variable.value`` once per optimizer build
-    and list of variables (~2 µs a read, some 20 reads a step): a keras torch
+    and list of variables (a read costs more than a small model's update of it): a keras torch
     variable keeps its tensor for life (`assign` copies into it), and building
     the optimizer again makes new slot lists, which invalidates the cache.
     """

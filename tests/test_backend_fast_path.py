@@ -1,0 +1,106 @@
+"""siamese_k3.backend.fast_path: the seam's choice, its keras range, and keras' own test of a batch hook.
+
+The behaviour of the paths themselves is checked against keras' own path in
+tests/test_conformance.py; here, what the seam decides and declares.
+"""
+
+import os
+import re
+
+import keras
+import pytest
+
+from siamese_k3.backend import fast_path
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _read(name):
+    with open(os.path.join(ROOT, name)) as handle:
+        return handle.read()
+
+
+def test_pyproject_declares_the_tested_range():
+    """pyproject's keras requirement is exactly the range the fast path switches itself on for."""
+    floor, ceiling = fast_path.TESTED_KERAS
+    assert f'"keras>={floor.rsplit(".0", 1)[0]},<{ceiling}"' in _read("pyproject.toml")
+
+
+def test_floor_constraints_pin_the_floor():
+    assert f"keras=={fast_path.TESTED_KERAS[0]}" in _read("constraints-keras-floor.txt").split()
+
+
+def test_default_constraints_pin_a_tested_keras():
+    pinned = re.search(r"^keras==(\S+)", _read("constraints.txt"), re.M).group(1)
+    assert fast_path.keras_version_tested(pinned)
+
+
+@pytest.mark.parametrize(
+    "version, tested",
+    [("3.10.0", True), ("3.15.1", True), ("3.15.9.dev2026", True), ("3.9.2", False), ("3.16.0", False),
+     ("3.16.0rc1", False), ("4.0.0", False), ("3.10", True)],
+)  # fmt: skip
+def test_keras_version_tested(version, tested):
+    assert fast_path.keras_version_tested(version) is tested
+
+
+class _ClassHook(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+
+class _GenericHook(keras.callbacks.Callback):
+    def on_batch_begin(self, batch, logs=None):  # keras' default on_train_batch_begin calls it
+        pass
+
+
+class _EpochOnly(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+
+@pytest.mark.parametrize(
+    "callback, hook, expected",
+    [
+        (_ClassHook(), "on_train_batch_end", True),
+        (_ClassHook(), "on_test_batch_end", False),
+        (_GenericHook(), "on_train_batch_begin", True),
+        (_GenericHook(), "on_test_batch_begin", False),  # keras' test hooks do not call the generic ones
+        (_EpochOnly(), "on_train_batch_end", False),
+        (keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: None), "on_train_batch_end", True),
+        (keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: None), "on_train_batch_end", False),
+    ],
+)
+def test_has_hook_follows_keras(callback, hook, expected):
+    """As keras' `CallbackList` decides what it must call: class overrides and instance attributes alike."""
+    assert fast_path.has_hook(callback, hook) is expected
+
+
+@pytest.mark.parametrize(
+    "fit_kwargs",
+    [{"validation_split": 0.2}, {"class_weight": {0: 1.0}}, {"steps_per_epoch": 3}, {"sample_weight": [1.0]}],
+)
+def test_adapt_arrays_leaves_to_keras_what_its_adapter_must_do(fit_kwargs):
+    def never(*args, **kwargs):
+        raise AssertionError("batches made for a fit keras must batch itself")
+
+    assert fast_path.adapt_arrays(never, None, "x", "y", fit_kwargs) == ("x", "y", fit_kwargs)
+
+
+def test_adapt_arrays_moves_batch_size_and_shuffle_into_the_batches():
+    made = []
+
+    def batches(x, batch_size, shuffle, y=None, model=None):
+        made.append((batch_size, shuffle))
+        return "batches"
+
+    assert fast_path.adapt_arrays(batches, None, "x", "y", {"batch_size": 8, "shuffle": False}) == (
+        "batches", None, {"batch_size": None, "shuffle": False, "validation_batch_size": 8},
+    )
+    assert made == [(8, False)]
+    assert fast_path.adapt_arrays(lambda *a, **k: None, None, "x", "y", {}) == ("x", "y", {})
+
+
+def test_backend_path_is_the_running_backends():
+    assert fast_path.backend_path().name == keras.backend.backend()
+    assert fast_path.KERAS.compile_defaults(None, False) == (1, "auto")  # keras' own defaults

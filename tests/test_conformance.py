@@ -1,0 +1,805 @@
+"""The training fast path against keras' own path: the same losses, weights, history and callback calls.
+
+Every case trains the same tiny model twice from the same seed
+(`keras.utils.set_random_seed` before building each model and before each
+`fit`): once with the fast path on (``compile(fast_path=True)``) and once on
+keras' own path (``compile(fast_path=False)``, which is exactly keras'
+`Model.fit` with keras' defaults). It compares
+
+- the loss of every training step and the running validation loss of every
+  test step (``logs["loss"]`` in ``on_train_batch_end`` / ``on_test_batch_end``);
+- the final weights of the model and of its optimizer;
+- ``history.history`` and ``history.epoch``;
+- the exact sequence of callback calls, (hook, batch or epoch index, sorted
+  log keys), for every train/test hook of a `keras.callbacks.Callback`
+  subclass (class-level hooks) and for the instance-level hooks of a
+  `keras.callbacks.LambdaCallback`; and what keras' own callbacks leave behind
+  (CSVLogger's file, ModelCheckpoint's weights, BackupAndRestore's directory).
+
+Tolerances, per backend:
+
+- torch: bit for bit (`numpy.testing.assert_array_equal`, exact history), except
+  a backbone with BatchNormalization, which the fast path runs as torch's fused
+  kernel (the statistics summed in another order): rtol=1e-5, atol=1e-6 after
+  2 epochs (`TORCH_BATCH_NORM`).
+- jax: the fast path changes only the compile defaults (32 steps per
+  execution), and a `fit` with batch hooks runs one step per execution: bit for
+  bit too (`TOLERANCE`), including the fits with only epoch-level callbacks,
+  which run 32 steps per execution.
+- tensorflow: the fast path compiles the step with XLA (``jit_compile=True``)
+  where keras' default leaves it off on the CPU, so the floats are rounded
+  differently: rtol=1e-5, atol=1e-6 (`TOLERANCE`; losses are compared with
+  the same tolerance as weights).
+
+The callback calls are compared exactly on every backend.
+
+The matrix (`CASES`) runs for `SiameseModel` and `MiningModel` (class_weight
+for `MiningModel` only): keras' callbacks, validation data and split, sample
+and class weights, steps_per_epoch, initial_epoch, shuffling, each input kind
+(numpy, `keras.utils.PyDataset`, tf.data when TensorFlow is installed, a torch
+DataLoader on torch, a Python generator), optimizers, mixed precision, frozen
+layers, Dropout and a custom layer that reads ``training``.
+
+Every layer class the torch fast path calls directly
+(`siamese_k3.backend.torch.forward._DIRECT_LAYERS`) is trained once in a small
+`MiningModel` backbone (`test_direct_layer_conforms`). That test runs on torch
+only: jax and tensorflow never call layers directly (their fast path is
+compile defaults and, on TensorFlow, keras' own array pipeline), and each of
+their fits compiles, which would cost minutes on a small CPU; the test that
+the parametrization covers `_DIRECT_LAYERS` exactly runs on every backend.
+"""
+
+import csv
+import importlib.util
+import io
+import os
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+import siamese_k3
+from siamese_k3.backend import fast_path
+from siamese_k3.backend.torch import forward
+
+pytestmark = pytest.mark.conformance
+
+BACKEND = keras.backend.backend()
+HAS_TENSORFLOW = importlib.util.find_spec("tensorflow") is not None
+SEED = 1234
+ROWS, VALIDATION_ROWS, FEATURES, CLASSES, BATCH = 64, 32, 6, 4, 16
+
+# (rtol, atol); None: bit for bit.
+TOLERANCE = {"torch": None, "jax": None, "tensorflow": (1e-5, 1e-6)}[BACKEND]
+TORCH_BATCH_NORM = (1e-5, 1e-6)
+# The fast path's default steps per execution, and what a fit with batch hooks runs.
+DEFAULT_STEPS = {"torch": 1, "jax": 32, "tensorflow": 32}[BACKEND]
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="only torch calls layers directly")
+
+
+# --------------------------------------------------------------------------
+# Recording callbacks
+# --------------------------------------------------------------------------
+
+
+def _keys(logs):
+    return tuple(sorted(logs or {}))
+
+
+class Recorder(keras.callbacks.Callback):
+    """Every train/test hook, overridden in the class: (hook, index, sorted log keys) and the losses."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.losses, self.test_losses = [], [], []
+
+    def _record(self, hook, index, logs):
+        self.calls.append((hook, index, _keys(logs)))
+
+    def on_train_begin(self, logs=None):
+        self._record("on_train_begin", None, logs)
+
+    def on_train_end(self, logs=None):
+        self._record("on_train_end", None, logs)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._record("on_epoch_begin", epoch, logs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._record("on_epoch_end", epoch, logs)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._record("on_train_batch_begin", batch, logs)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._record("on_train_batch_end", batch, logs)
+        self.losses.append(float(logs["loss"]))
+
+    def on_test_begin(self, logs=None):
+        self._record("on_test_begin", None, logs)
+
+    def on_test_end(self, logs=None):
+        self._record("on_test_end", None, logs)
+
+    def on_test_batch_begin(self, batch, logs=None):
+        self._record("on_test_batch_begin", batch, logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        self._record("on_test_batch_end", batch, logs)
+        self.test_losses.append(float(logs["loss"]))
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """Epoch-level hooks only, and the model's steps per execution as each sees it."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls, self.steps_per_execution = [], []
+
+    def on_train_begin(self, logs=None):
+        self.steps_per_execution.append(self.model.steps_per_execution)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.calls.append(("on_epoch_end", epoch, _keys(logs)))
+        self.steps_per_execution.append(self.model.steps_per_execution)
+
+
+def _lambda_recorder():
+    """A LambdaCallback (instance-level hooks) and the list its calls go to."""
+    calls = []
+    callback = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: calls.append(("on_train_batch_end", batch, _keys(logs))),
+        on_epoch_end=lambda epoch, logs: calls.append(("on_epoch_end", epoch, _keys(logs))),
+    )
+    return callback, calls
+
+
+# --------------------------------------------------------------------------
+# Data
+# --------------------------------------------------------------------------
+
+
+def _arrays(kind, rows, seed, nan_row=None):
+    """(x, y): triplets (a tuple of three arrays) and None for "siamese"; features and class ids for "mining"."""
+    rng = np.random.default_rng(seed)
+    if kind == "siamese":
+        x = tuple(rng.normal(size=(rows, FEATURES)).astype("float32") for _ in range(3))
+        if nan_row is not None:
+            x[0][nan_row] = np.nan
+        return x, None
+    x = rng.normal(size=(rows, FEATURES)).astype("float32")
+    if nan_row is not None:
+        x[nan_row] = np.nan
+    return x, (np.arange(rows) % CLASSES).astype("int32")
+
+
+def _validation(kind):
+    x, y = _arrays(kind, VALIDATION_ROWS, seed=1)
+    return (x,) if y is None else (x, y)
+
+
+def _batches(kind, x, y):
+    """[(batch,) or (features, labels)] of BATCH rows, in order (the last one partial)."""
+    rows = len(x[0]) if kind == "siamese" else len(x)
+    out = []
+    for start in range(0, rows, BATCH):
+        part = slice(start, start + BATCH)
+        out.append((tuple(a[part] for a in x),) if kind == "siamese" else (x[part], y[part]))
+    return out
+
+
+class Batches(keras.utils.PyDataset):
+    def __init__(self, batches, **kwargs):
+        super().__init__(**kwargs)
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def _generator(batches):
+    while True:  # repeats: for steps_per_epoch
+        yield from batches
+
+
+def _tf_dataset(kind, x, y):
+    import tensorflow as tf
+
+    slices = (x,) if kind == "siamese" else (x, y)
+    return tf.data.Dataset.from_tensor_slices(slices).batch(BATCH)
+
+
+def _torch_loader(kind, x, y):
+    import torch
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(x[0]) if kind == "siamese" else len(x)
+
+        def __getitem__(self, index):
+            if kind == "siamese":  # a dict: a tuple of three would read as (x, y, sample_weight)
+                return dict(zip(("anchor", "positive", "negative"), (a[index] for a in x)))
+            return x[index], y[index]
+
+    return torch.utils.data.DataLoader(Rows(), batch_size=BATCH, shuffle=False)
+
+
+# --------------------------------------------------------------------------
+# Models
+# --------------------------------------------------------------------------
+
+
+class TrainingScale(keras.layers.Layer):
+    """A custom layer whose `call` reads ``training``."""
+
+    def call(self, inputs, training=None):
+        return inputs * 0.5 + 0.1 if training else inputs
+
+
+def _backbone(variant):
+    inputs = keras.Input((FEATURES,))
+    if variant == "mixed":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
+        try:
+            inputs = keras.Input((FEATURES,))
+            hidden = keras.layers.Dense(8, activation="relu")(inputs)
+            return keras.Model(inputs, _embedding(hidden))
+        finally:
+            keras.mixed_precision.set_dtype_policy("float32")
+    if variant == "linear":  # no relu, which maps NaN to 0 in TensorFlow's CPU kernels
+        return keras.Model(inputs, _embedding(keras.layers.Dense(8, use_bias=False)(inputs)))
+    if variant == "batchnorm":  # beta followed by a relu: see `_embedding`
+        hidden = keras.layers.Dense(8, use_bias=False)(inputs)
+        hidden = keras.layers.ReLU()(keras.layers.BatchNormalization()(hidden))
+        return keras.Model(inputs, _embedding(hidden))
+    hidden = keras.layers.Dense(8, activation="relu")(inputs)
+    if variant == "dropout":
+        hidden = keras.layers.Dropout(0.3)(hidden)
+    elif variant == "frozen":
+        hidden = keras.layers.Dense(8, activation="relu", trainable=False)(hidden)
+    elif variant == "custom":
+        hidden = TrainingScale()(hidden)
+    return keras.Model(inputs, _embedding(hidden))
+
+
+def _embedding(hidden, units=8):
+    """The last layer: a Dense without bias.
+
+    A triplet loss sees only differences between embeddings, so a bias (or any
+    parameter) that shifts every embedding equally has a gradient that is zero
+    but for rounding, and Adam scales that noise up to steps of the learning
+    rate's size: two paths that round differently (XLA, a fused kernel) would
+    then end with unrelated biases. Every parameter here has a true gradient.
+    """
+    return keras.layers.Dense(units, use_bias=False)(hidden)
+
+
+def _model(kind, variant):
+    backbone = _backbone(variant)
+    if kind == "siamese":
+        return siamese_k3.SiameseModel(backbone, margin=0.5)
+    return siamese_k3.MiningModel(backbone)
+
+
+def _compile(model, kind, fast, optimizer=None, **kwargs):
+    optimizer = optimizer() if optimizer else keras.optimizers.Adam(1e-2)
+    if kind == "mining":
+        kwargs.setdefault("loss", siamese_k3.TripletBatchAllLoss(margin=0.2))
+    model.compile(optimizer=optimizer, fast_path=fast, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# The cases
+# --------------------------------------------------------------------------
+
+
+def _numpy(kind, tmp, **extra):
+    x, y = _arrays(kind, ROWS, seed=0)
+    return dict(x=x, y=y, batch_size=BATCH, **extra)
+
+
+def _weights_of(kind, tmp):
+    return dict(_numpy(kind, tmp), sample_weight=np.linspace(0.2, 2.0, ROWS).astype("float32"))
+
+
+def _class_weight(kind, tmp):
+    return dict(_numpy(kind, tmp), class_weight={0: 1.0, 1: 2.0, 2: 0.5, 3: 1.5})
+
+
+def _pydataset(kind, tmp, **extra):
+    return dict(x=Batches(_batches(kind, *_arrays(kind, ROWS, seed=0))), **extra)
+
+
+def _generator_input(kind, tmp):
+    return dict(x=_generator(_batches(kind, *_arrays(kind, ROWS, seed=0))), steps_per_epoch=3)
+
+
+def _tf_data(kind, tmp):
+    return dict(x=_tf_dataset(kind, *_arrays(kind, ROWS, seed=0)), validation_data=_tf_dataset(kind, *_validation_xy(kind)))
+
+
+def _torch_data(kind, tmp):
+    return dict(x=_torch_loader(kind, *_arrays(kind, ROWS, seed=0)), validation_data=_torch_loader(kind, *_validation_xy(kind)))
+
+
+def _validation_xy(kind):
+    return _arrays(kind, VALIDATION_ROWS, seed=1)
+
+
+def _with_nan(kind, tmp):
+    x, y = _arrays(kind, ROWS, seed=0, nan_row=37)  # in the third batch of the first epoch
+    return dict(x=x, y=y, batch_size=BATCH, shuffle=False)
+
+
+def _read_text(path):
+    with open(path) as file:
+        return file.read()
+
+
+def _case(name, fit, *, kinds=("siamese", "mining"), backbone="plain", optimizer=None, epochs=2,
+          callbacks=None, after=None, marks=()):
+    """One row of the matrix: `fit(kind, tmp)` → fit's arguments; `callbacks(tmp)` → more callbacks;
+    `after(model, tmp)` → what the callbacks left behind (compared as the rest)."""
+    return dict(name=name, fit=fit, kinds=kinds, backbone=backbone, optimizer=optimizer, epochs=epochs,
+                callbacks=callbacks, after=after, marks=marks)  # fmt: skip
+
+
+def _csv_after(model, tmp):
+    return {"csv": _read_text(tmp / "log.csv")}
+
+
+def _checkpoint_after(model, tmp):
+    model.load_weights(tmp / "w.weights.h5")
+    return {"checkpoint": [np.array(w) for w in model.get_weights()]}
+
+
+def _backup_after(model, tmp):
+    return {"backup": sorted(os.listdir(tmp)) if (tmp / "backup").exists() else None}
+
+
+CASES = [
+    _case("numpy", _numpy),
+    _case("shuffle_false", lambda kind, tmp: _numpy(kind, tmp, shuffle=False)),
+    _case("shuffle_batch", lambda kind, tmp: _numpy(kind, tmp, shuffle="batch")),
+    _case("validation_data", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind))),
+    _case("validation_split", lambda kind, tmp: _numpy(kind, tmp, validation_split=0.25)),
+    _case("sample_weight", _weights_of),
+    _case("class_weight", _class_weight, kinds=("mining",)),
+    _case("initial_epoch", lambda kind, tmp: _numpy(kind, tmp, initial_epoch=1), epochs=3),
+    _case("verbose_2", lambda kind, tmp: _numpy(kind, tmp, verbose=2, validation_data=_validation(kind))),
+    _case("pydataset", _pydataset),
+    _case(
+        "pydataset_validation",
+        lambda kind, tmp: _pydataset(kind, tmp, validation_data=Batches(_batches(kind, *_validation_xy(kind)))),
+    ),
+    _case("pydataset_steps_per_epoch", lambda kind, tmp: _pydataset(kind, tmp, steps_per_epoch=2)),  # 2 × 2 of 4
+    _case("generator_steps_per_epoch", _generator_input),
+    _case(
+        "tf_data", _tf_data,
+        marks=pytest.mark.skipif(not HAS_TENSORFLOW, reason="tensorflow is not installed"),
+    ),  # fmt: skip
+    _case(
+        "torch_dataloader", _torch_data,
+        marks=pytest.mark.skipif(BACKEND != "torch", reason="a torch DataLoader is for the torch backend"),
+    ),  # fmt: skip
+    _case(
+        "early_stopping", _numpy, epochs=3,
+        callbacks=lambda tmp: [keras.callbacks.EarlyStopping(monitor="loss", patience=0, min_delta=10)],
+    ),  # fmt: skip
+    _case(
+        "reduce_lr_on_plateau", _numpy, epochs=3,
+        callbacks=lambda tmp: [keras.callbacks.ReduceLROnPlateau(monitor="loss", patience=0, min_delta=10)],
+    ),  # fmt: skip
+    _case(
+        "model_checkpoint", _numpy,
+        callbacks=lambda tmp: [keras.callbacks.ModelCheckpoint(tmp / "w.weights.h5", save_weights_only=True)],
+        after=_checkpoint_after,
+    ),  # fmt: skip
+    _case(
+        "csv_logger", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)),
+        callbacks=lambda tmp: [keras.callbacks.CSVLogger(str(tmp / "log.csv"))], after=_csv_after,
+    ),  # fmt: skip
+    _case("terminate_on_nan", _numpy, callbacks=lambda tmp: [keras.callbacks.TerminateOnNaN()]),
+    _case(
+        "terminate_on_nan_stops", _with_nan, backbone="linear",
+        callbacks=lambda tmp: [keras.callbacks.TerminateOnNaN()],
+    ),  # fmt: skip
+    _case(
+        "backup_and_restore", _numpy,
+        callbacks=lambda tmp: [keras.callbacks.BackupAndRestore(str(tmp / "backup"))], after=_backup_after,
+    ),  # fmt: skip
+    _case(
+        "adam_exponential_decay", _numpy,
+        optimizer=lambda: keras.optimizers.Adam(keras.optimizers.schedules.ExponentialDecay(1e-2, 2, 0.5)),
+    ),  # fmt: skip
+    _case("adamw", _numpy, optimizer=lambda: keras.optimizers.AdamW(1e-2, weight_decay=0.05)),
+    _case("sgd_momentum", _numpy, optimizer=lambda: keras.optimizers.SGD(1e-2, momentum=0.9)),
+    _case("adam_clipnorm", _numpy, optimizer=lambda: keras.optimizers.Adam(1e-2, clipnorm=1.0)),
+    _case(
+        "adam_gradient_accumulation", _numpy,
+        optimizer=lambda: keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2),
+        marks=pytest.mark.xfail(
+            BACKEND == "torch", strict=True, raises=AttributeError,
+            reason="torch fast path: steps._adam_tensors reads optimizer.iterations.value, but with "
+            "gradient_accumulation_steps keras' Adam.iterations is a tensor (_iterations // steps), "
+            "so the first train step raises AttributeError before plain_adam can decline",
+        ),
+    ),  # fmt: skip
+    _case("mixed_bfloat16", _numpy, backbone="mixed"),
+    _case("frozen_layer", _numpy, backbone="frozen"),
+    _case("dropout", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)), backbone="dropout"),
+    _case("custom_layer", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)), backbone="custom"),
+    _case(
+        "batch_norm", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)), backbone="batchnorm",
+    ),  # fmt: skip
+]
+
+
+def _params():
+    for case in CASES:
+        for kind in case["kinds"]:
+            yield pytest.param(kind, case, id=f"{kind}-{case['name']}", marks=case["marks"])
+
+
+# --------------------------------------------------------------------------
+# Running and comparing
+# --------------------------------------------------------------------------
+
+
+def _train(kind, case, fast, tmp):
+    tmp.mkdir()
+    keras.utils.set_random_seed(SEED)
+    model = _model(kind, case["backbone"])
+    _compile(model, kind, fast, case["optimizer"])
+    recorder = Recorder()
+    lambda_callback, lambda_calls = _lambda_recorder()
+    extra = case["callbacks"](tmp) if case["callbacks"] else []
+    fit_kwargs = {"epochs": case["epochs"], "verbose": 0, **case["fit"](kind, tmp)}
+    keras.utils.set_random_seed(SEED)
+    history = model.fit(callbacks=[recorder, lambda_callback, *extra], **fit_kwargs)
+    assert model.steps_per_execution == DEFAULT_STEPS if fast else model.steps_per_execution == 1
+    result = {
+        "calls": recorder.calls,
+        "lambda_calls": lambda_calls,
+        "epoch": history.epoch,
+        "history": history.history,
+        "losses": recorder.losses,
+        "test_losses": recorder.test_losses,
+        "weights": [np.array(w) for w in model.get_weights()],
+        "optimizer": [np.array(v) for v in model.optimizer.variables],
+    }
+    if case["after"]:
+        result.update(case["after"](model, tmp))
+    return result
+
+
+def _assert_close(actual, expected, tolerance, what):
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    if tolerance is None:
+        np.testing.assert_array_equal(actual, expected, err_msg=what, strict=True)
+    else:
+        assert actual.shape == expected.shape, what
+        np.testing.assert_allclose(actual, expected, *tolerance, err_msg=what)
+
+
+def _assert_csv_same(actual, expected, tolerance):
+    actual, expected = list(csv.reader(io.StringIO(actual))), list(csv.reader(io.StringIO(expected)))
+    assert actual[0] == expected[0]
+    if tolerance is None:
+        assert actual == expected
+        return
+    assert len(actual) == len(expected)
+    for row, reference in zip(actual[1:], expected[1:]):
+        _assert_close([float(v) for v in row], [float(v) for v in reference], tolerance, "csv row")
+
+
+def _assert_conforms(fast, reference, tolerance):
+    assert fast["calls"] == reference["calls"]
+    assert fast["lambda_calls"] == reference["lambda_calls"]
+    assert fast["epoch"] == reference["epoch"]
+    assert sorted(fast["history"]) == sorted(reference["history"])
+    if tolerance is None and all(np.isfinite(v).all() for v in reference["history"].values()):
+        assert fast["history"] == reference["history"]
+    for key in reference["history"]:
+        _assert_close(fast["history"][key], reference["history"][key], tolerance, f"history[{key!r}]")
+    for what in ("losses", "test_losses"):
+        _assert_close(fast[what], reference[what], tolerance, what)
+    for what in ("weights", "optimizer", "checkpoint"):
+        if what in reference:
+            assert len(fast[what]) == len(reference[what])
+            for index, (mine, theirs) in enumerate(zip(fast[what], reference[what])):
+                _assert_close(mine, theirs, tolerance, f"{what}[{index}]")
+    if "csv" in reference:
+        _assert_csv_same(fast["csv"], reference["csv"], tolerance)
+    if "backup" in reference:
+        assert fast["backup"] == reference["backup"]
+
+
+def _tolerance(batch_norm):
+    if BACKEND == "torch" and batch_norm:
+        return TORCH_BATCH_NORM
+    return TOLERANCE
+
+
+@pytest.mark.parametrize("kind, case", list(_params()))
+def test_fit_conforms(kind, case, tmp_path):
+    fast = _train(kind, case, True, tmp_path / "fast")
+    reference = _train(kind, case, False, tmp_path / "keras")
+    assert reference["losses"], "the reference trained no step"
+    _assert_conforms(fast, reference, _tolerance(case["backbone"] == "batchnorm"))
+
+
+# --------------------------------------------------------------------------
+# Every layer the torch fast path calls directly
+# --------------------------------------------------------------------------
+
+L = keras.layers
+_MERGE = "merge"
+WIDE = 48  # features, reshaped to (8, 6) for 1-D layers, (4, 4, 3) for 2-D, (2, 4, 2, 3) for 3-D
+_1D, _2D, _3D = (8, 6), (4, 4, 3), (2, 4, 2, 3)
+
+LAYER_CASES = [
+    ("Activation-relu", lambda: L.Activation("relu"), (WIDE,)),  # a torch kernel
+    ("Activation-tanh", lambda: L.Activation("tanh"), (WIDE,)),  # the layer's own call
+    ("Add", L.Add, _MERGE),
+    ("Average", L.Average, _MERGE),
+    ("AveragePooling1D", lambda: L.AveragePooling1D(2), _1D),
+    ("AveragePooling2D", lambda: L.AveragePooling2D(2), _2D),
+    ("AveragePooling3D", lambda: L.AveragePooling3D(2), _3D),
+    ("BatchNormalization-2d", L.BatchNormalization, (WIDE,)),  # the fused kernel
+    ("BatchNormalization-4d", L.BatchNormalization, _2D),  # the fused kernel on channels_last
+    ("BatchNormalization-3d", L.BatchNormalization, _1D),  # the layer's own call
+    ("Concatenate", L.Concatenate, _MERGE),
+    ("Conv1D", lambda: L.Conv1D(4, 3, activation="relu"), _1D),
+    ("Conv2D-same", lambda: L.Conv2D(4, 3, padding="same", activation="relu"), _2D),  # a torch kernel
+    ("Conv2D-strided", lambda: L.Conv2D(4, 2, strides=2), _2D),  # a torch kernel
+    ("Conv2D-asymmetric-same", lambda: L.Conv2D(4, 2, padding="same"), _2D),  # the layer's own call
+    ("Conv3D", lambda: L.Conv3D(2, 2), _3D),
+    ("Conv1DTranspose", lambda: L.Conv1DTranspose(4, 3), _1D),
+    ("Conv2DTranspose", lambda: L.Conv2DTranspose(4, 2, strides=2), _2D),
+    ("Dense-relu", lambda: L.Dense(8, activation="relu"), (WIDE,)),  # a torch kernel
+    ("Dense-tanh", lambda: L.Dense(8, activation="tanh"), (WIDE,)),  # the layer's own call
+    ("Dense-3d", lambda: L.Dense(5), _1D),  # a torch kernel on a 3-D input
+    ("DepthwiseConv2D", lambda: L.DepthwiseConv2D(2), _2D),
+    ("Dropout", lambda: L.Dropout(0.3), (WIDE,)),
+    ("ELU", L.ELU, (WIDE,)),
+    ("Flatten", L.Flatten, _2D),
+    ("GaussianNoise", lambda: L.GaussianNoise(0.1), (WIDE,)),
+    ("GlobalAveragePooling1D", L.GlobalAveragePooling1D, _1D),
+    ("GlobalAveragePooling2D", L.GlobalAveragePooling2D, _2D),
+    ("GlobalMaxPooling1D", L.GlobalMaxPooling1D, _1D),
+    ("GlobalMaxPooling2D", L.GlobalMaxPooling2D, _2D),
+    ("Identity", L.Identity, (WIDE,)),
+    ("LayerNormalization", L.LayerNormalization, (WIDE,)),
+    ("LeakyReLU", L.LeakyReLU, (WIDE,)),
+    ("MaxPooling1D", lambda: L.MaxPooling1D(2), _1D),
+    ("MaxPooling2D", lambda: L.MaxPooling2D(2), _2D),  # a torch kernel
+    ("MaxPooling2D-same", lambda: L.MaxPooling2D(3, strides=1, padding="same"), _2D),  # a torch kernel
+    ("MaxPooling3D", lambda: L.MaxPooling3D(2), _3D),
+    ("Maximum", L.Maximum, _MERGE),
+    ("Minimum", L.Minimum, _MERGE),
+    ("Multiply", L.Multiply, _MERGE),
+    ("Permute", lambda: L.Permute((2, 1)), _1D),
+    ("ReLU", L.ReLU, (WIDE,)),
+    ("Rescaling", lambda: L.Rescaling(0.5, offset=0.1), (WIDE,)),
+    ("Reshape", lambda: L.Reshape((6, 8)), (WIDE,)),
+    ("SeparableConv2D", lambda: L.SeparableConv2D(4, 2), _2D),
+    ("Softmax", L.Softmax, (WIDE,)),
+    ("SpatialDropout1D", lambda: L.SpatialDropout1D(0.3), _1D),
+    ("SpatialDropout2D", lambda: L.SpatialDropout2D(0.3), _2D),
+    ("Subtract", L.Subtract, _MERGE),
+    ("UnitNormalization", L.UnitNormalization, (WIDE,)),
+    ("ZeroPadding1D", L.ZeroPadding1D, _1D),
+    ("ZeroPadding2D", L.ZeroPadding2D, _2D),
+]
+
+
+def _layer_class(factory):
+    return type(factory())
+
+
+def test_layer_cases_cover_the_direct_layers_exactly():
+    covered = {_layer_class(factory) for _, factory, _ in LAYER_CASES}
+    assert covered == set(forward._DIRECT_LAYERS)
+
+
+def _layer_backbone(factory, shape):
+    inputs = keras.Input((WIDE,))
+    if shape == _MERGE:  # two branches of the same input
+        branches = [keras.layers.Dense(8, activation="relu")(inputs) for _ in range(2)]
+        hidden = factory()(branches)
+    else:
+        hidden = inputs if shape == (WIDE,) else keras.layers.Reshape(shape)(inputs)
+        layer = factory()
+        hidden = layer(hidden)
+        if isinstance(layer, keras.layers.BatchNormalization):  # beta followed by a relu: see `_embedding`
+            hidden = keras.layers.ReLU()(hidden)
+    return keras.Model(inputs, _embedding(keras.layers.Flatten()(hidden), 4))
+
+
+def _train_layer(factory, shape, fast):
+    keras.utils.set_random_seed(SEED)
+    model = siamese_k3.MiningModel(_layer_backbone(factory, shape))
+    _compile(model, "mining", fast)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, WIDE)).astype("float32")
+    y = (np.arange(48) % CLASSES).astype("int32")
+    recorder = Recorder()
+    keras.utils.set_random_seed(SEED)
+    history = model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[recorder])
+    return {
+        "calls": recorder.calls,
+        "lambda_calls": [],
+        "epoch": history.epoch,
+        "history": history.history,
+        "losses": recorder.losses,
+        "test_losses": recorder.test_losses,
+        "weights": [np.array(w) for w in model.get_weights()],
+        "optimizer": [np.array(v) for v in model.optimizer.variables],
+    }
+
+
+@torch_only
+@pytest.mark.parametrize("factory, shape", [pytest.param(f, s, id=name) for name, f, s in LAYER_CASES])
+def test_direct_layer_conforms(factory, shape):
+    fast = _train_layer(factory, shape, True)
+    reference = _train_layer(factory, shape, False)
+    _assert_conforms(fast, reference, _tolerance(_layer_class(factory) is keras.layers.BatchNormalization))
+
+
+# --------------------------------------------------------------------------
+# Batch hooks see every batch; steps per execution otherwise stays the fast path's
+# --------------------------------------------------------------------------
+
+
+def _small_backbone():
+    inputs = keras.Input((FEATURES,))
+    return keras.Model(inputs, _embedding(keras.layers.Dense(8, activation="relu")(inputs)))
+
+
+def test_the_issue_example_sees_every_batch():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(256, FEATURES)).astype("float32")
+    y = np.arange(256) % 8
+    backbone = _small_backbone()
+    calls = []
+    model = siamese_k3.MiningModel(backbone)
+    model.compile(optimizer="adam", loss=siamese_k3.TripletBatchAllLoss(margin=0.2))
+    model.fit(
+        x, y, batch_size=64, epochs=1, verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=lambda b, logs: calls.append(b))],
+    )  # fmt: skip
+    assert calls == [0, 1, 2, 3]  # 256 rows
+    assert model.steps_per_execution == DEFAULT_STEPS
+
+
+@pytest.mark.parametrize("kind", ["siamese", "mining"])
+def test_epoch_level_callbacks_keep_the_default_steps_per_execution(kind):
+    """Only epoch-level callbacks: the fit runs the fast path's steps per execution (32 on jax/tensorflow).
+
+    And the results still conform to keras' own path (one step per execution).
+    """
+    results = {}
+    for fast in (True, False):
+        keras.utils.set_random_seed(SEED)
+        model = _model(kind, "plain")
+        _compile(model, kind, fast)
+        recorder = EpochRecorder()
+        x, y = _arrays(kind, ROWS, seed=0)
+        keras.utils.set_random_seed(SEED)
+        history = model.fit(
+            x, y, batch_size=BATCH, epochs=2, verbose=0, validation_data=_validation(kind), callbacks=[recorder]
+        )
+        expected = DEFAULT_STEPS if fast else 1
+        assert recorder.steps_per_execution == [expected] * 3
+        assert model.steps_per_execution == expected
+        results[fast] = {
+            "calls": recorder.calls,
+            "lambda_calls": [],
+            "epoch": history.epoch,
+            "history": history.history,
+            "losses": [],
+            "test_losses": [],
+            "weights": [np.array(w) for w in model.get_weights()],
+            "optimizer": [np.array(v) for v in model.optimizer.variables],
+        }
+    _assert_conforms(results[True], results[False], TOLERANCE)
+
+
+def test_batch_hooks_run_one_step_per_execution_and_the_default_comes_back():
+    seen = []
+    model = siamese_k3.MiningModel(_small_backbone())
+    model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), fast_path=True)
+    assert model.steps_per_execution == DEFAULT_STEPS
+    x, y = _arrays("mining", ROWS, seed=0)
+    hook = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: seen.append((batch, model.steps_per_execution))
+    )
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[hook])
+    assert seen == [(batch, 1) for batch in range(ROWS // BATCH)]
+    assert model.steps_per_execution == DEFAULT_STEPS
+    # and again, with only epoch-level callbacks: the default runs
+    epochs = EpochRecorder()
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[epochs])
+    assert epochs.steps_per_execution == [DEFAULT_STEPS] * 2
+
+
+@pytest.mark.skipif(BACKEND == "torch", reason="keras on torch runs one step per execution")
+def test_an_explicit_steps_per_execution_is_kept_with_batch_hooks():
+    """A user's own steps_per_execution is not the fast path's to change: batch hooks then follow it, as in keras."""
+    seen = []
+    model = siamese_k3.MiningModel(_small_backbone())
+    model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), steps_per_execution=2, fast_path=True)
+    x, y = _arrays("mining", ROWS, seed=0)
+    hook = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(model.steps_per_execution))
+    model.fit(x, y, batch_size=BATCH, epochs=1, verbose=0, callbacks=[hook])
+    assert seen and set(seen) == {2}
+
+
+# --------------------------------------------------------------------------
+# The switch
+# --------------------------------------------------------------------------
+
+
+def test_the_environment_variable_turns_the_fast_path_off(monkeypatch):
+    monkeypatch.setenv(fast_path.ENVIRONMENT_VARIABLE, "0")
+    model = siamese_k3.MiningModel(_small_backbone())
+    model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2))
+    assert fast_path.path_of(model) is fast_path.KERAS
+    assert model.steps_per_execution == 1
+    monkeypatch.setenv(fast_path.ENVIRONMENT_VARIABLE, "1")
+    model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2))  # read at each compile
+    assert fast_path.path_of(model) is fast_path.backend_path()
+    assert model.steps_per_execution == DEFAULT_STEPS
+
+
+@pytest.mark.parametrize("kind", ["siamese", "mining"])
+def test_fast_path_false_gives_keras_defaults(kind):
+    model = _model(kind, "plain")
+    _compile(model, kind, False)
+    assert fast_path.path_of(model) is fast_path.KERAS
+    plain = _small_backbone()
+    plain.compile(optimizer="adam", loss="mse")
+    assert model.steps_per_execution == 1 == plain.steps_per_execution
+    assert model.jit_compile == plain.jit_compile
+
+
+@pytest.mark.parametrize(
+    "version, tested",
+    [
+        ("3.10.0", True),
+        ("3.15.1", True),
+        ("3.15.0rc1", True),
+        ("3.12.0+local", True),
+        ("3.9.2", False),
+        ("3.16.0", False),
+        ("3.16.0.dev20260101", False),
+        ("4.0", False),
+        ("2.15.0", False),
+    ],
+)
+def test_keras_version_tested(version, tested):
+    assert fast_path.keras_version_tested(version) is tested
+
+
+def test_an_untested_keras_warns_once_and_turns_the_fast_path_off(monkeypatch):
+    fast_path._keras_tested.cache_clear()
+    try:
+        monkeypatch.setattr(keras, "__version__", "3.99.0")
+        model = siamese_k3.MiningModel(_small_backbone())
+        with pytest.warns(UserWarning, match=r"keras 3\.99\.0 is installed"):
+            model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), fast_path=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert fast_path.path_of(model) is fast_path.KERAS
+            model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), fast_path=True)
+        assert model.steps_per_execution == 1
+    finally:
+        fast_path._keras_tested.cache_clear()
+    monkeypatch.undo()
+    assert fast_path.path_of(model) is fast_path.backend_path()
