@@ -61,10 +61,16 @@ def safe_sqrt(squared):
 
 
 def l2_normalize(x, axis=-1):
-    """x / max(||x||, 1e-12) along `axis`."""
+    """x / max(||x||, 1e-12) along `axis`.
+
+    A division by a square root, both correctly rounded in IEEE arithmetic, rather
+    than a product with ``rsqrt``, which TensorFlow's CPU kernels approximate to an
+    ulp or so on some processors: c·e / |c| is then exactly ±e on every backend, so
+    two embeddings of one direction are at cosine distance exactly 0.
+    """
     x = to_float32(x)
     norm_sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x * ops.rsqrt(ops.maximum(norm_sq, _NORM_EPSILON**2))
+    return x / ops.sqrt(ops.maximum(norm_sq, _NORM_EPSILON**2))
 
 
 def paired_distance(x, y, distance="euclidean"):

@@ -64,8 +64,8 @@ class _FastModel(keras.Model):
       against keras' own path). Left as None, ``steps_per_execution`` and
       ``jit_compile`` take the values measured fastest on the backend
       (benchmarks/RESULTS.md); a value passed explicitly, ``"auto"`` included,
-      is used as is. A `fit` whose callbacks have batch hooks then runs one
-      step per execution, so they see every batch.
+      is used as is. A `fit`, `evaluate` or `predict` whose callbacks have
+      batch hooks then runs one step per execution, so they see every batch.
 
       ``compile(fast_path=False)``, or ``SIAMESE_K3_FAST_PATH=0`` in the
       environment, turns it off: the model then trains exactly as a plain
@@ -119,10 +119,20 @@ class _FastModel(keras.Model):
 
     def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, *args, **kwargs):
         path = self._training_path()
-        with path.fit_scope(self, callbacks):
+        with path.execution_scope(self, callbacks):
             if not args:
                 callbacks = path.callbacks(self, x, callbacks, verbose, epochs, kwargs.get("steps_per_epoch"))
             return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+
+    def evaluate(self, *args, **kwargs):
+        callbacks = kwargs.get("callbacks", args[6] if len(args) > 6 else None)  # keras' 7th parameter
+        with self._training_path().execution_scope(self, callbacks):
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)  # keras' 5th parameter
+        with self._training_path().execution_scope(self, callbacks):
+            return super().predict(*args, **kwargs)
 
     def _fit_input(self, x, y, fit_kwargs):
         """(x, y, fit_kwargs) with in-memory arrays as the fast path's batches (keras' own, delivered faster)."""

@@ -6,8 +6,10 @@ tests/test_conformance.py; here, what the seam decides and declares.
 
 import os
 import re
+from unittest import mock
 
 import keras
+import numpy as np
 import pytest
 
 from siamese_k3.backend import fast_path
@@ -104,3 +106,43 @@ def test_adapt_arrays_moves_batch_size_and_shuffle_into_the_batches():
 def test_backend_path_is_the_running_backends():
     assert fast_path.backend_path().name == keras.backend.backend()
     assert fast_path.KERAS.compile_defaults(None, False) == (1, "auto")  # keras' own defaults
+
+
+def _mining_model():
+    from siamese_k3 import MiningModel, TripletBatchAllLoss
+
+    model = MiningModel(keras.Sequential([keras.Input((8,)), keras.layers.Dense(4)]))
+    model.compile(optimizer="adam", loss=TripletBatchAllLoss(margin=0.2))
+    return model
+
+
+def _labelled():
+    rng = np.random.default_rng(0)
+    return rng.random((256, 8), dtype=np.float32), np.arange(256) % 4
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="torch runs one step per execution anyway")
+def test_validation_inside_fit_keeps_the_compiled_train_function():
+    """fit's own validation call hands `evaluate` keras' CallbackList: that must not reset the steps per execution."""
+    model, (x, y) = _mining_model(), _labelled()
+    made = []
+    original = type(model).make_train_function
+
+    def counting(self, force=False):
+        made.append(self.train_function is None)
+        return original(self, force)
+
+    with mock.patch.object(type(model), "make_train_function", counting):
+        model.fit(x, y, batch_size=64, epochs=3, verbose=0, validation_data=(x, y))
+    assert sum(made) == 1 and model.steps_per_execution == 32
+
+
+def test_evaluate_and_predict_hooks_see_every_batch():
+    model, (x, y) = _mining_model(), _labelled()
+    calls = []
+    model.evaluate(x, y, batch_size=64, verbose=0,
+                   callbacks=[keras.callbacks.LambdaCallback(on_test_batch_end=lambda b, logs: calls.append(b))])
+    model.predict(x, batch_size=64, verbose=0,
+                  callbacks=[keras.callbacks.LambdaCallback(on_predict_batch_end=lambda b, logs: calls.append(-b))])
+    assert calls == [0, 1, 2, 3, 0, -1, -2, -3]
+    assert model.steps_per_execution == (1 if keras.backend.backend() == "torch" else 32)

@@ -336,3 +336,15 @@ def test_mining_model_call_is_the_backbone_and_round_trips(tmp_path):
 def test_mining_model_needs_a_keras_model():
     with pytest.raises(TypeError, match="backbone must be a keras.Model"):
         MiningModel(keras.layers.Dense(4))
+
+
+def test_models_module_names_no_backend():
+    """models.py asks the fast-path seam (siamese_k3.backend.fast_path); it never names a backend itself."""
+    import re
+
+    import siamese_k3.models as models
+
+    with open(models.__file__) as handle:
+        source = handle.read()
+    assert not re.findall(r"(?i)\b(torch|tensorflow|jax|tf|xla)\b", source)
+    assert not re.findall(r"from siamese_k3\.backend\.(torch|tensorflow|jax)|backend import (torch|tensorflow|jax)", source)

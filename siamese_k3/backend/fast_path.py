@@ -83,8 +83,8 @@ class FastPath:
         return callbacks
 
     @contextlib.contextmanager
-    def fit_scope(self, model, callbacks):
-        """Around one `fit`: one step per execution while a callback has batch hooks.
+    def execution_scope(self, model, callbacks):
+        """Around one `fit`, `evaluate` or `predict`: one step per execution while a callback has batch hooks.
 
         With ``steps_per_execution=N`` keras calls batch hooks once every N
         batches. When that N is a default of the fast path (`compile_defaults`),
@@ -93,6 +93,9 @@ class FastPath:
         hooks see every batch as they would on keras' own path.
         """
         if not getattr(model, "_default_steps_per_execution", False) or model.steps_per_execution == 1:
+            yield
+            return
+        if isinstance(callbacks, keras.callbacks.CallbackList):  # fit's own validation call: fit has decided
             yield
             return
         if not any(_has_batch_hooks(callback) for callback in keras.tree.flatten(callbacks or [])):
@@ -175,7 +178,10 @@ def has_hook(callback, hook):
     return any(not getattr(getattr(callback, name), "_is_default", False) for name in hooks)
 
 
-BATCH_HOOKS = ("on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end")
+BATCH_HOOKS = (
+    "on_train_batch_begin", "on_train_batch_end", "on_test_batch_begin", "on_test_batch_end",
+    "on_predict_batch_begin", "on_predict_batch_end",
+)  # fmt: skip
 
 
 def _has_batch_hooks(callback):

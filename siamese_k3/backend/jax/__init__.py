@@ -5,7 +5,7 @@ remains per step is Python's round trip between steps (callbacks, iterator,
 dispatch). ``steps_per_execution=32`` amortises it over 32 batches
 (benchmarks/RESULTS.md), with jit left at keras' ``"auto"`` (XLA). Batch-level
 callbacks then see one call per 32 batches, so a `fit` whose callbacks have
-batch hooks runs one step per execution (`FastPath.fit_scope`).
+batch hooks runs one step per execution (`FastPath.execution_scope`).
 """
 
 from siamese_k3.backend import distributed

@@ -6,7 +6,7 @@
   model with a layer that does not support XLA (keras would warn and fall
   back), nor under tf.distribute, where keras' ``"auto"`` leaves XLA off.
   A `fit` whose callbacks have batch hooks runs one step per execution
-  (`FastPath.fit_scope`).
+  (`FastPath.execution_scope`).
 - `arrays`: for in-memory arrays, keras' own tf.data pipeline with tf.data's
   autotuning off, in one private thread, which on a small CPU no longer
   competes with the step.
