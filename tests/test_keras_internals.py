@@ -206,6 +206,13 @@ def test_installed_keras_is_in_the_tested_range():
     assert fast_path.keras_version_tested(keras.__version__), keras.__version__
 
 
+def test_seed_generator_state_variable_name():
+    """tensorflow/__init__.py `draws_random_numbers`: a layer's SeedGenerator shows as a variable of this name."""
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, keras.layers.Dropout(0.5)(inputs))
+    assert [variable.name for variable in model.variables] == ["seed_generator_state"]
+
+
 # --------------------------------------------------------------------------
 # Canaries: keras bugs we work around. Each fails once keras fixes it.
 # --------------------------------------------------------------------------

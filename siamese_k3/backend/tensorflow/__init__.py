@@ -4,7 +4,9 @@
   batches, and ``jit_compile=True`` compiles the step with XLA, also on the
   CPU where keras' ``"auto"`` leaves it off (benchmarks/RESULTS.md); not for a
   model with a layer that does not support XLA (keras would warn and fall
-  back), nor under tf.distribute, where keras' ``"auto"`` leaves XLA off.
+  back), nor under tf.distribute, where keras' ``"auto"`` leaves XLA off,
+  nor for a model that draws random numbers (Dropout, noise, augmentation),
+  which XLA would draw differently from keras' default.
   A `fit` whose callbacks have batch hooks runs one step per execution
   (`FastPath.execution_scope`).
 - `arrays`: for in-memory arrays, keras' own tf.data pipeline with tf.data's
@@ -26,10 +28,22 @@ class TensorFlowPath(FastPath):
         if run_eagerly:
             return 1, "auto"
         steps = min(32, distributed.max_steps_per_execution())
-        xla = distributed.current() is None and all(
-            getattr(layer, "supports_jit", True) for layer in model._flatten_layers()
+        xla = (
+            distributed.current() is None
+            and all(getattr(layer, "supports_jit", True) for layer in model._flatten_layers())
+            and not draws_random_numbers(model)
         )
         return steps, True if xla else "auto"
 
     def fit_input(self, model, x, y, fit_kwargs):
         return fast_path.adapt_arrays(arrays.array_dataset, model, x, y, fit_kwargs)
+
+
+def draws_random_numbers(model):
+    """Whether `model` holds a keras `SeedGenerator` (Dropout, GaussianNoise, random augmentation, ...).
+
+    TensorFlow's random ops draw other numbers from the same seed under XLA than
+    without it, so such a model would train with other dropout masks than keras'
+    own default (XLA off on the CPU) gives it: XLA then stays at keras' ``"auto"``.
+    """
+    return any(variable.name == "seed_generator_state" for variable in model.variables)

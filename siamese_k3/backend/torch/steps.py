@@ -169,6 +169,8 @@ def _adam_tensors(optimizer, variables):
     adam = _torch_adam_class()
     if adam is None or type(optimizer) is not adam or not optimizer.built or not variables:
         return None
+    if not _plain_config(optimizer):  # e.g. gradient accumulation, whose `iterations` is no variable
+        return None
     cached = _adam_cache.get(optimizer)
     if (
         cached is not None
@@ -211,15 +213,18 @@ def plain_adam(optimizer, gradients, variables):
     (name, learning rate, β₁, β₂, ε and the unused EMA settings), with those values; every
     gradient is present; no variable has a constraint or is overwritten with its gradient.
     """
-    config = _adam_config(optimizer)
-    if set(config) != set(PLAIN_ADAM_CONFIG) | _ADAM_FREE_KEYS:
-        return False
-    if any(config[key] != value for key, value in PLAIN_ADAM_CONFIG.items()):
-        return False
-    return all(
+    return _plain_config(optimizer) and all(
         gradient is not None and variable.constraint is None and not variable.overwrite_with_gradient
         for gradient, variable in zip(gradients, variables)
     )
+
+
+def _plain_config(optimizer):
+    """Whether the optimizer's configuration is exactly `PLAIN_ADAM_CONFIG` plus the free keys."""
+    config = _adam_config(optimizer)
+    if set(config) != set(PLAIN_ADAM_CONFIG) | _ADAM_FREE_KEYS:
+        return False
+    return all(config[key] == value for key, value in PLAIN_ADAM_CONFIG.items())
 
 
 _config_cache = weakref.WeakKeyDictionary()
