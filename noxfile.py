@@ -5,12 +5,13 @@
     nox -s distributed       # 2-process data-parallel training on each backend's own engine (CPU)
     nox -s keras_floor       # the fast path's suite on the oldest keras pyproject allows
     nox -s keras_newest      # ... and on the newest release it allows
+    nox -s bench_smoke       # every benchmark entry point on tiny sizes, native losses checked equal to keras'
     nox -s bench             # benchmarks, not run by default
 """
 
 import nox
 
-nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest"]
+nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest", "bench_smoke"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -37,7 +38,8 @@ def tests(session, backend):
         "sys.exit(f'other backends installed: {present}' if present else 0)",
     )
     session.run(
-        "pytest", "-m", "not portability and not distributed", *session.posargs, env={"KERAS_BACKEND": backend}
+        "pytest", "-m", "not portability and not distributed and not bench_smoke", *session.posargs,
+        env={"KERAS_BACKEND": backend},
     )
 
 
@@ -57,9 +59,20 @@ def portability(session):
 
 
 @nox.session
+@nox.parametrize("backend", BACKENDS)
+def bench_smoke(session, backend):
+    """Every benchmark entry point on tiny sizes on one backend; each native loop's first loss equals keras'."""
+    extras = f"{backend},test,bench" + (",bench-jax" if backend == "jax" else "")
+    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
+    # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
+    session.run("python", "-m", "pytest", "-m", "bench_smoke", "tests/test_benchmarks.py", *session.posargs,
+                env={"KERAS_BACKEND": backend})
+
+
+@nox.session
 def bench(session):
     """The training-core benchmark on every backend (see benchmarks/README)."""
-    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,bench]")
+    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,bench,bench-jax]", "pytorch-metric-learning")
     session.run("python", "-m", "benchmarks.train_core", *session.posargs)
 
 

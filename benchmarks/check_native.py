@@ -30,14 +30,14 @@ def losses_per_step(workload, steps):
     loops = native.implementations(workload, data, *wl.layer_plan(backbone))
     # eager keras, one batch per call: the reference the natives are compared with.
     model = build_keras_model(workload, backbone, {"jit_compile": False, "steps_per_execution": 1})
-    batches = [np.arange(i * workload.batch_size, (i + 1) * workload.batch_size) for i in range(steps)]
+    batches = wl.epoch_batches(workload, data, 0)[:steps]
     result = {"keras": []}
     for indices in batches:
         arrays = {key: array[indices] for key, array in data.items()}
         if workload.loss == "triplet":
             loss = model.train_on_batch((arrays["anchor"], arrays["positive"], arrays["negative"]))
         else:
-            loss = model.train_on_batch(arrays["images"], arrays["labels"])
+            loss = model.train_on_batch(arrays["images"].astype("float32"), arrays["labels"])
         result["keras"].append(float(loss))
     for loop in loops:
         result[loop.impl] = []

@@ -28,5 +28,5 @@ class NativeLoop:
 
     def run_epoch(self, epoch):
         """One epoch of `workload.steps` updates on the permutation of `epoch`."""
-        for indices in epoch_batches(self.data, self.workload.batch_size, epoch):
+        for indices in epoch_batches(self.workload, self.data, epoch):
             self.step(self.to_batch({key: array[indices] for key, array in self.data.items()}))

@@ -95,6 +95,8 @@ def _apply(step, params, stats, inputs, training):
         return x * options["scale"] + options["offset"], None
     if kind == "add":
         return functools.reduce(jnp.add, inputs), None
+    if kind == "l2_normalize":  # keras' UnitNormalization: x · min(rsqrt(Σx²), 1e12)
+        return x * jnp.minimum(jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True)), 1e12), None
     raise NotImplementedError(kind)
 
 
@@ -139,23 +141,75 @@ def triplet_loss(embeddings, batch_size):
     return jnp.mean(jax.nn.relu(d_positive - d_negative + spec.MARGIN))
 
 
-def semi_hard_loss(embeddings, labels):
-    """TF Addons' semi-hard loss, written directly with a [B, B, B] mask."""
+def _pairwise(embeddings, labels):
+    """Euclidean distances [B, B] (diagonal 0), the positive-pair and negative masks."""
     squared_norms = jnp.sum(embeddings**2, axis=1, keepdims=True)
     squared = jnp.maximum(squared_norms - 2 * embeddings @ embeddings.T + squared_norms.T, 0.0)
-    eye = jnp.eye(embeddings.shape[0])
-    distances = _safe_sqrt(squared * (1 - eye))
+    eye = jnp.eye(embeddings.shape[0], dtype=bool)
+    distances = _safe_sqrt(jnp.where(eye, 0.0, squared))
     same = labels[:, None] == labels[None, :]
-    positive = same & (eye == 0)
-    negative = ~same
-    # farther[a, p, n]: n is a negative of a farther from a than p is.
+    return distances, same & ~eye, ~same
+
+
+def _sorted_negatives(distances, negative):
+    masked = jnp.where(negative, jax.lax.stop_gradient(distances), jnp.inf)
+    order = jnp.argsort(masked, axis=1)
+    return jnp.take_along_axis(masked, order, axis=1), order
+
+
+# searchsorted row by row (bisection, jax's default "scan" method)
+_search_right = jax.vmap(functools.partial(jnp.searchsorted, side="right"))
+_search_left = jax.vmap(functools.partial(jnp.searchsorted, side="left"))
+
+
+def semi_hard_loss(embeddings, labels, margin=spec.MARGIN):
+    """TF Addons' semi-hard loss with sorted negatives and searchsorted (O(B² log B), as siamese_k3's)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    sorted_values, order = _sorted_negatives(distances, negative)
+    num_negatives = jnp.sum(negative, axis=1, keepdims=True)
+    closer = _search_right(sorted_values, jax.lax.stop_gradient(distances))
+    position = jnp.maximum(jnp.where(closer < num_negatives, closer, num_negatives - 1), 0)
+    chosen = jnp.take_along_axis(distances, jnp.take_along_axis(order, position, axis=1), axis=1)
+    valid = positive & (num_negatives > 0)
+    per_pair = jax.nn.relu(distances - chosen + margin)
+    return jnp.sum(jnp.where(valid, per_pair, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def batch_all_loss(embeddings, labels, margin=spec.MARGIN_BATCH_ALL):
+    """Batch-all loss by prefix sums over sorted negatives (O(B² log B), as siamese_k3's)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    sorted_values, order = _sorted_negatives(distances, negative)
+    active = _search_left(sorted_values, jax.lax.stop_gradient(distances) + margin)
+    sorted_distances = jnp.where(jnp.isinf(sorted_values), 0.0, jnp.take_along_axis(distances, order, axis=1))
+    prefix = jnp.cumsum(sorted_distances, axis=1)
+    taken = jnp.where(active > 0, jnp.take_along_axis(prefix, jnp.maximum(active - 1, 0), axis=1), 0.0)
+    active = jnp.where(positive, active, 0).astype(distances.dtype)
+    total = jnp.sum(active * (distances + margin) - jnp.where(positive, taken, 0.0))
+    return total / jnp.maximum(jnp.sum(active), 1.0)
+
+
+def semi_hard_loss_cubic(embeddings, labels, margin=spec.MARGIN):
+    """TF Addons' semi-hard loss as the textbook writes it, with a [B, B, B] mask (the loss table's reference)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
     farther = negative[:, None, :] & (distances[:, None, :] > distances[:, :, None])
     closest_farther = jnp.min(jnp.where(farther, distances[:, None, :], jnp.inf), axis=2)
     farthest = jnp.max(jnp.where(negative, distances, -jnp.inf), axis=1, keepdims=True)
     chosen = jnp.where(jnp.any(farther, axis=2), closest_farther, farthest)
     valid = positive & jnp.any(negative, axis=1, keepdims=True)
-    per_pair = jax.nn.relu(distances - jnp.where(valid, chosen, 0.0) + spec.MARGIN)
+    per_pair = jax.nn.relu(distances - jnp.where(valid, chosen, 0.0) + margin)
     return jnp.sum(jnp.where(valid, per_pair, 0.0)) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def batch_all_loss_cubic(embeddings, labels, margin=spec.MARGIN_BATCH_ALL):
+    """The usual batch-all loss: every (a, p, n) as a [B, B, B] tensor."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    losses = jax.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
+    losses = jnp.where(positive[:, :, None] & negative[:, None, :], losses, 0.0)
+    return jnp.sum(losses) / jnp.maximum(jnp.sum(losses > 0), 1)
+
+
+LOSSES = {"semi_hard": semi_hard_loss, "batch_all": batch_all_loss}
+CUBIC_LOSSES = {"semi_hard": semi_hard_loss_cubic, "batch_all": batch_all_loss_cubic}
 
 
 # ---------------------------------------------------------------- loop
@@ -172,16 +226,17 @@ class JaxLoop(NativeLoop):
         optimizer = optax.adam(spec.LEARNING_RATE, b1=spec.BETA_1, b2=spec.BETA_2, eps=spec.EPSILON)
         batch_size = workload.batch_size
         triplet = workload.loss == "triplet"
+        mining_loss = None if triplet else LOSSES[workload.loss]
 
         def loss_fn(params, frozen, stats, batch):
             if triplet:
                 images = jnp.concatenate([batch["anchor"], batch["positive"], batch["negative"]])
             else:
-                images = batch["images"]
+                images = batch["images"].astype(jnp.float32)  # uint8 images, converted as keras converts them
             embeddings, new_stats = forward(params, frozen, stats, images, True)
             if triplet:
                 return triplet_loss(embeddings, batch_size), new_stats
-            return semi_hard_loss(embeddings, batch["labels"]), new_stats
+            return mining_loss(embeddings, batch["labels"]), new_stats
 
         @functools.partial(jax.jit, donate_argnums=(0, 1, 2))
         def train_step(params, stats, opt_state, frozen, batch):

@@ -7,10 +7,12 @@ tf.nn ops on tf.Variables, and Adam is keras' update rule written out
 
 import functools
 
+import numpy as np
 import tensorflow as tf
 
 from benchmarks import spec
 from benchmarks.native_common import NativeLoop
+from benchmarks.workload import epoch_batches
 
 
 def _gpus():
@@ -114,6 +116,8 @@ class Backbone:
             return x * options["scale"] + options["offset"]
         if kind == "add":
             return functools.reduce(tf.add, inputs)
+        if kind == "l2_normalize":  # keras' UnitNormalization: x · min(rsqrt(Σx²), 1e12)
+            return x * tf.minimum(tf.math.rsqrt(tf.reduce_sum(x * x, -1, keepdims=True)), 1e12)
         raise NotImplementedError(kind)
 
 
@@ -132,35 +136,92 @@ def triplet_loss(embeddings, batch_size):
     return tf.reduce_mean(tf.nn.relu(d_positive - d_negative + spec.MARGIN))
 
 
-def semi_hard_loss(embeddings, labels):
-    """TF Addons' semi-hard loss, written directly with a [B, B, B] mask."""
+def _pairwise(embeddings, labels):
+    """Euclidean distances [B, B] (diagonal 0), the positive-pair and negative masks."""
     squared_norms = tf.reduce_sum(tf.square(embeddings), 1, keepdims=True)
-    squared = tf.maximum(
-        squared_norms - 2 * tf.matmul(embeddings, embeddings, transpose_b=True) + tf.transpose(squared_norms),
-        0.0,
-    )
-    eye = tf.eye(tf.shape(embeddings)[0])
-    distances = _safe_sqrt(squared * (1 - eye))
+    product = tf.matmul(embeddings, embeddings, transpose_b=True)
+    squared = tf.maximum(squared_norms - 2 * product + tf.transpose(squared_norms), 0.0)
+    eye = tf.eye(tf.shape(embeddings)[0], dtype=tf.bool)
+    distances = _safe_sqrt(tf.where(eye, 0.0, squared))
     same = tf.equal(labels[:, None], labels[None, :])
-    positive = same & tf.equal(eye, 0)
-    negative = tf.logical_not(same)
+    return distances, same & tf.logical_not(eye), tf.logical_not(same)
+
+
+def _sorted_negatives(distances, negative):
+    masked = tf.where(negative, tf.stop_gradient(distances), float("inf"))
+    order = tf.argsort(masked, axis=1)
+    return tf.gather(masked, order, batch_dims=1), order
+
+
+def semi_hard_loss(embeddings, labels, margin=spec.MARGIN):
+    """TF Addons' semi-hard loss with sorted negatives and `tf.searchsorted` (O(B² log B), as siamese_k3's)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    sorted_values, order = _sorted_negatives(distances, negative)
+    num_negatives = tf.reduce_sum(tf.cast(negative, tf.int32), 1, keepdims=True)
+    closer = tf.searchsorted(sorted_values, tf.stop_gradient(distances), side="right", out_type=tf.int32)
+    position = tf.maximum(tf.where(closer < num_negatives, closer, num_negatives - 1), 0)
+    chosen = tf.gather(distances, tf.gather(order, position, batch_dims=1), batch_dims=1)
+    valid = tf.cast(positive & (num_negatives > 0), tf.float32)
+    per_pair = tf.nn.relu(distances - chosen + margin)
+    return tf.reduce_sum(per_pair * valid) / tf.maximum(tf.reduce_sum(valid), 1.0)
+
+
+def batch_all_loss(embeddings, labels, margin=spec.MARGIN_BATCH_ALL):
+    """Batch-all loss by prefix sums over sorted negatives (O(B² log B), as siamese_k3's)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    sorted_values, order = _sorted_negatives(distances, negative)
+    active = tf.searchsorted(sorted_values, tf.stop_gradient(distances) + margin, side="left", out_type=tf.int32)
+    sorted_distances = tf.where(tf.math.is_inf(sorted_values), 0.0, tf.gather(distances, order, batch_dims=1))
+    prefix = tf.cumsum(sorted_distances, axis=1)
+    taken = tf.where(active > 0, tf.gather(prefix, tf.maximum(active - 1, 0), batch_dims=1), 0.0)
+    positive_f = tf.cast(positive, tf.float32)
+    active = tf.cast(active, tf.float32) * positive_f
+    total = tf.reduce_sum(active * (distances + margin) - taken * positive_f)
+    return total / tf.maximum(tf.reduce_sum(active), 1.0)
+
+
+def semi_hard_loss_cubic(embeddings, labels, margin=spec.MARGIN):
+    """TF Addons' semi-hard loss as the textbook writes it, with a [B, B, B] mask (the loss table's reference)."""
+    distances, positive, negative = _pairwise(embeddings, labels)
     farther = negative[:, None, :] & (distances[:, None, :] > distances[:, :, None])
     closest_farther = tf.reduce_min(tf.where(farther, distances[:, None, :], float("inf")), 2)
     farthest = tf.reduce_max(tf.where(negative, distances, -float("inf")), 1, keepdims=True)
     chosen = tf.where(tf.reduce_any(farther, 2), closest_farther, farthest)
     valid = positive & tf.reduce_any(negative, 1, keepdims=True)
-    per_pair = tf.nn.relu(distances - tf.where(valid, chosen, 0.0) + spec.MARGIN)
+    per_pair = tf.nn.relu(distances - tf.where(valid, chosen, 0.0) + margin)
     valid_f = tf.cast(valid, tf.float32)
     return tf.reduce_sum(per_pair * valid_f) / tf.maximum(tf.reduce_sum(valid_f), 1.0)
+
+
+def batch_all_loss_cubic(embeddings, labels, margin=spec.MARGIN_BATCH_ALL):
+    """The usual batch-all loss: every (a, p, n) as a [B, B, B] tensor."""
+    distances, positive, negative = _pairwise(embeddings, labels)
+    losses = tf.nn.relu(distances[:, :, None] - distances[:, None, :] + margin)
+    losses = tf.where(positive[:, :, None] & negative[:, None, :], losses, 0.0)
+    return tf.reduce_sum(losses) / tf.maximum(tf.reduce_sum(tf.cast(losses > 0, tf.float32)), 1.0)
+
+
+LOSSES = {"semi_hard": semi_hard_loss, "batch_all": batch_all_loss}
+CUBIC_LOSSES = {"semi_hard": semi_hard_loss_cubic, "batch_all": batch_all_loss_cubic}
 
 
 # ---------------------------------------------------------------- loop
 
 
 class TensorFlowLoop(NativeLoop):
-    """GradientTape + Adam in one `tf.function(jit_compile=True)`."""
+    """GradientTape + Adam in one `tf.function(jit_compile=True)` step, fed as keras feeds its own.
 
-    settings = "tf.function(jit_compile=True), GradientTape + Adam"
+    keras' TensorFlow `fit` (with the library's defaults) runs 32 XLA-compiled
+    steps per call of a (non-XLA) `tf.function` loop that pulls each batch from
+    a prefetching tf.data iterator. This loop does the same: the epoch's
+    batches (the same indices as every implementation) are gathered by a
+    tf.data pipeline with the options keras' fast path gives its own (tf.data's
+    autotuning off, one private thread), and one `tf.function` call runs up to
+    32 steps.
+    """
+
+    settings = "tf.function(jit_compile=True) step, 32 per tf.function loop over tf.data, GradientTape + Adam"
+    steps_per_call = 32
 
     def __init__(self, workload, data, plan, input_id, output_id):
         super().__init__(workload, data)
@@ -169,6 +230,8 @@ class TensorFlowLoop(NativeLoop):
         self.moments = [(tf.Variable(tf.zeros_like(w)), tf.Variable(tf.zeros_like(w))) for w in trainable]
         self.iterations = tf.Variable(0.0)
         batch_size, triplet = workload.batch_size, workload.loss == "triplet"
+        mining_loss = None if triplet else LOSSES[workload.loss]
+        self.tensors = {key: tf.constant(array) for key, array in data.items()}
 
         @tf.function(jit_compile=True)
         def train_step(batch):
@@ -177,7 +240,8 @@ class TensorFlowLoop(NativeLoop):
                     images = tf.concat([batch["anchor"], batch["positive"], batch["negative"]], 0)
                     loss = triplet_loss(self.model(images, training=True), batch_size)
                 else:
-                    loss = semi_hard_loss(self.model(batch["images"], training=True), batch["labels"])
+                    images = tf.cast(batch["images"], tf.float32)  # uint8 images, converted as keras does
+                    loss = mining_loss(self.model(images, training=True), batch["labels"])
             gradients = tape.gradient(loss, trainable)
             self.iterations.assign_add(1.0)
             t = self.iterations
@@ -188,7 +252,28 @@ class TensorFlowLoop(NativeLoop):
                 weight.assign_sub(learning_rate * m / (tf.sqrt(v) + spec.EPSILON))
             return loss
 
-        self._train_step = train_step
+        @tf.function
+        def multi_step(iterator, count):
+            loss = tf.constant(0.0)
+            for _ in tf.range(count):
+                loss = train_step(next(iterator))
+            return loss
+
+        self._train_step, self._multi_step = train_step, multi_step
+
+    def run_epoch(self, epoch):
+        """The epoch's batches through tf.data, `steps_per_call` steps per `tf.function` call."""
+        indices = np.stack(epoch_batches(self.workload, self.data, epoch))
+        tensors = self.tensors
+        dataset = tf.data.Dataset.from_tensor_slices(indices).map(
+            lambda index: {key: tf.gather(value, index) for key, value in tensors.items()}
+        )
+        options = tf.data.Options()  # as keras' fast path feeds in-memory arrays (backend/tensorflow/arrays.py)
+        options.autotune.enabled = False
+        options.threading.private_threadpool_size = 1
+        iterator = iter(dataset.prefetch(tf.data.AUTOTUNE).with_options(options))
+        for start in range(0, len(indices), self.steps_per_call):
+            self.loss = self._multi_step(iterator, tf.constant(min(self.steps_per_call, len(indices) - start)))
 
     def to_batch(self, arrays):
         return arrays

@@ -47,7 +47,7 @@ def main(argv=None):
     data = wl.make_data(workload, wl.input_shape(backbone))
     loop = native.implementations(workload, data, *wl.layer_plan(backbone))[0]
     model = build_keras_model(workload, backbone, json.loads(args.compile))
-    x, _ = fit_arguments(workload, data)
+    x, _, _ = fit_arguments(workload, data)
 
     def fit():
         model.fit(x, batch_size=args.batch_size, epochs=1, verbose=0)

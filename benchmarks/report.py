@@ -1,5 +1,7 @@
 """Result rows -> markdown table and bar chart."""
 
+import statistics
+
 IMPL_ORDER = ("keras", "native", "native_compiled")
 
 
@@ -11,37 +13,46 @@ def _native_reference(rows, backend):
     return None
 
 
+def paired_ratio(keras_row, native_row):
+    """Median over the timed epochs of keras' epoch time ÷ the native epoch run right after it (interleaved)."""
+    pairs = [k / n for k, n in zip(keras_row["step_ms_all"], native_row["step_ms_all"]) if n > 0]
+    return statistics.median(pairs) if pairs else None
+
+
 def ratio(rows, row):
-    reference = _native_reference(rows, row["backend"])
+    """The paired keras ÷ native ratio of `row` (a keras row) within its own run, else None."""
+    reference = _native_reference([r for r in rows if r.get("run", 0) == row.get("run", 0)], row["backend"])
     if reference is None or row["impl"] != "keras":
         return None
-    return row["step_ms"] / reference["step_ms"]
-
-
-def host_overhead_ms(rows, row):
-    """keras' step time minus the native loop's: the per-step cost of everything around the model."""
-    reference = _native_reference(rows, row["backend"])
-    if reference is None or row["impl"] != "keras":
-        return None
-    return row["step_ms"] - reference["step_ms"]
+    return paired_ratio(row, reference)
 
 
 def markdown_table(rows):
+    """One line per (backend, impl); with several runs, the median step time and every run's ratio."""
     header = (
-        "| backend | impl | model | loss | batch | step ms (median ± spread) | samples/s "
-        "| compile s | peak MB | keras / native | host ms/step (keras − native) | threads | device | settings |\n"
-        "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---|---|\n"
+        "| backend | impl | model | loss | batch | step ms (median of runs; spread within a run) | samples/s "
+        "| compile s | peak MB | keras ÷ native per run (median of paired epochs) | threads | device | settings |\n"
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|---|---|\n"
     )
+    groups = {}
+    for row in rows:
+        groups.setdefault((row["backend"], row["impl"]), []).append(row)
     lines = []
-    for row in sorted(rows, key=lambda r: (r["backend"], IMPL_ORDER.index(r["impl"]))):
-        keras_ratio, overhead = ratio(rows, row), host_overhead_ms(rows, row)
+    for (backend, impl), group in sorted(groups.items(), key=lambda item: (item[0][0], IMPL_ORDER.index(item[0][1]))):
+        first = group[0]
+        step_ms = statistics.median(row["step_ms"] for row in group)
+        spread = max(row["step_ms_spread"] for row in group)
+        ratios = [ratio(rows, row) for row in group]
+        ratios = [value for value in ratios if value is not None]
+        ratio_text = ", ".join(f"{value:.3f}" for value in ratios)
+        if len(ratios) > 1:
+            ratio_text += f" (median {statistics.median(ratios):.3f})"
         lines.append(
-            f"| {row['backend']} | {row['impl']} | {row['model']} | {row['loss']} | {row['batch_size']} "
-            f"| {row['step_ms']:.3f} ± {row['step_ms_spread']:.3f} | {row['samples_per_s']:.0f} "
-            f"| {row['compile_s']:.2f} | {row['peak_memory_mb']:.0f} "
-            f"| {'' if keras_ratio is None else f'{keras_ratio:.3f}'} "
-            f"| {'' if overhead is None else f'{overhead:+.3f}'} "
-            f"| {row.get('threads', '')} | {row['device']} | {row.get('settings', '')} |"
+            f"| {backend} | {impl} | {first['model']} | {first['loss']} | {first['batch_size']} "
+            f"| {step_ms:.3f} ± {spread:.3f} | {first['batch_size'] * 1000 / step_ms:.0f} "
+            f"| {statistics.median(row['compile_s'] for row in group):.2f} "
+            f"| {max(row['peak_memory_mb'] for row in group):.0f} | {ratio_text} "
+            f"| {first.get('threads', '')} | {first['device']} | {first.get('settings', '')} |"
         )
     return header + "\n".join(lines) + "\n"
 
@@ -52,6 +63,7 @@ def bar_chart(rows, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    rows = [row for row in rows if row.get("run", 0) == 0]  # the first run's bars
     backends = sorted({row["backend"] for row in rows})
     impls = [impl for impl in IMPL_ORDER if any(row["impl"] == impl for row in rows)]
     width = 0.8 / max(len(impls), 1)

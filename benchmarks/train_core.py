@@ -1,7 +1,8 @@
 """Training-step benchmark: siamese_k3 through keras `fit` against native loops, per backend.
 
     python -m benchmarks.train_core --backends jax,torch,tensorflow --model mlp
-    python -m benchmarks.train_core --model cnn --loss semi_hard --batch-size 64 --steps 10
+    python -m benchmarks.train_core --model cnn --loss semi_hard --batch-size 256 --steps 10
+    python -m benchmarks.train_core --model compact --loss batch_all --batch-size 256 --steps 10  # the main job
 
 Each backend runs in its own subprocess (KERAS_BACKEND is fixed at import).
 Writes the JSON rows, a markdown table and a bar chart next to `--out`
@@ -11,20 +12,16 @@ Writes the JSON rows, a markdown table and a bar chart next to `--out`
 import argparse
 import datetime
 import json
-import os
 import pathlib
 import shlex
-import subprocess
 import sys
-import tempfile
 
-from benchmarks import report
-from benchmarks.measure import thread_env
+from benchmarks import launcher, report
 from benchmarks.spec import LOSSES, MODELS, Workload
 
 BACKENDS = ("jax", "torch", "tensorflow")
-DEFAULT_STEPS = {"mlp": 100, "cnn": 10, "resnet50": 3}
-DEFAULT_REPEATS = {"mlp": 7, "cnn": 5, "resnet50": 3}
+DEFAULT_STEPS = {"mlp": 100, "cnn": 10, "compact": 10, "resnet50": 3}
+DEFAULT_REPEATS = {"mlp": 7, "cnn": 5, "compact": 5, "resnet50": 3}
 
 
 def parse_args(argv=None):
@@ -47,17 +44,13 @@ def parse_args(argv=None):
         type=int,
         help="CPU threads per framework (OMP/MKL, TF intra-op, XLA); default: each framework's own default",
     )
+    parser.add_argument("--runs", type=int, default=3, help="whole measurements, each in fresh processes (default 3)")
     parser.add_argument("--out", help="JSON path; .md and .png are written beside it (default benchmarks/results/<model>_<loss>.json)")
-    parser.add_argument("--worker", choices=BACKENDS, help=argparse.SUPPRESS)
-    parser.add_argument("--worker-out", help=argparse.SUPPRESS)
+    launcher.add_worker_arguments(parser)
     args = parser.parse_args(argv)
     args.steps = args.steps or DEFAULT_STEPS[args.model]
     args.repeats = args.repeats or DEFAULT_REPEATS[args.model]
     return args
-
-
-def _log(message):
-    print(message, file=sys.stderr, flush=True)
 
 
 def _workload(args):
@@ -66,21 +59,12 @@ def _workload(args):
 
 def run_backend(backend, args):
     """Rows from a fresh `python -m benchmarks.train_core --worker BACKEND` process, or [] on failure."""
-    with tempfile.TemporaryDirectory() as folder:
-        out = os.path.join(folder, "rows.json")
-        command = [
-            sys.executable, "-m", "benchmarks.train_core", "--worker", backend, "--worker-out", out,
-            "--model", args.model, "--loss", args.loss, "--batch-size", str(args.batch_size),
-            "--steps", str(args.steps), "--repeats", str(args.repeats), "--compile", args.compile,
-            "--image-size", str(args.image_size),
-        ]  # fmt: skip
-        env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2", **thread_env(args.threads)}
-        completed = subprocess.run(command, env=env)
-        if completed.returncode != 0 or not os.path.exists(out):
-            _log(f"[{backend}] FAILED (exit status {completed.returncode}); no rows for this backend")
-            return []
-        with open(out) as handle:
-            return json.load(handle)
+    argv = [
+        "--model", args.model, "--loss", args.loss, "--batch-size", str(args.batch_size),
+        "--steps", str(args.steps), "--repeats", str(args.repeats), "--compile", args.compile,
+        "--image-size", str(args.image_size),
+    ]  # fmt: skip
+    return launcher.run_in_backend(backend, "benchmarks.train_core", argv, args.threads)
 
 
 def write_outputs(rows, args, argv):
@@ -91,7 +75,7 @@ def write_outputs(rows, args, argv):
     title = f"{args.model}, {args.loss}, batch {args.batch_size}"
     table = (
         f"{datetime.date.today().isoformat()} — `{command}`\n\n"
-        f"{args.steps} steps per epoch, {args.repeats} timed epochs per implementation (interleaved), "
+        f"{args.runs} run(s); {args.steps} steps per epoch, {args.repeats} timed epochs per implementation (interleaved), "
         f"threads: {args.threads or 'framework defaults'}\n\n"
         + report.markdown_table(rows)
     )
@@ -99,7 +83,7 @@ def write_outputs(rows, args, argv):
     if rows:
         report.bar_chart(rows, out.with_suffix(".png"), title)
     print(table)
-    _log(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    launcher.log(f"wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
 
 
 def main(argv=None):
@@ -109,18 +93,20 @@ def main(argv=None):
     if args.worker:
         from benchmarks import worker
 
-        worker.main(args.worker, _workload(args), compile_kwargs, args.worker_out, _log)
+        worker.main(args.worker, _workload(args), compile_kwargs, args.worker_out, launcher.log)
         return 0
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
     if unknown:
         raise SystemExit(f"unknown backend(s) {unknown}; expected some of {BACKENDS}")
     rows = []
-    for backend in backends:
-        _log(f"== {backend} ==")
-        rows += run_backend(backend, args)
+    for run in range(args.runs):
+        for backend in backends:
+            launcher.log(f"== run {run + 1}/{args.runs}: {backend} ==")
+            rows += [dict(row, run=run) for row in run_backend(backend, args)]
     write_outputs(rows, args, argv)
-    return 0 if rows and {row["backend"] for row in rows} == set(backends) else 1
+    complete = all({row["backend"] for row in rows if row["run"] == run} == set(backends) for run in range(args.runs))
+    return 0 if rows and complete else 1
 
 
 if __name__ == "__main__":

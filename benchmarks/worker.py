@@ -25,8 +25,10 @@ import keras
 from benchmarks import measure
 from benchmarks import spec
 from benchmarks import workload as wl
-from siamese_k3.losses import TripletSemiHardLoss
+from siamese_k3.losses import TripletBatchAllLoss, TripletSemiHardLoss
 from siamese_k3.models import MiningModel, SiameseModel
+
+MINING_LOSSES = {"semi_hard": TripletSemiHardLoss, "batch_all": TripletBatchAllLoss}
 
 
 def build_keras_model(workload, backbone, compile_kwargs):
@@ -36,14 +38,18 @@ def build_keras_model(workload, backbone, compile_kwargs):
         model.compile(**compile_kwargs)
         return model
     model = MiningModel(backbone)
-    model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=spec.MARGIN), **compile_kwargs)
+    loss = MINING_LOSSES[workload.loss](margin=spec.margin(workload.loss))
+    model.compile(optimizer="adam", loss=loss, **compile_kwargs)
     return model
 
 
 def fit_arguments(workload, data):
+    """(x, y, batch_size) for `fit`: in-memory arrays, or for compact the main job's P×K sampler."""
     if workload.loss == "triplet":
-        return (data["anchor"], data["positive"], data["negative"]), None
-    return data["images"], data["labels"]
+        return (data["anchor"], data["positive"], data["negative"]), None, workload.batch_size
+    if workload.model == "compact":
+        return wl.class_balanced(workload, data), None, None
+    return data["images"], data["labels"], workload.batch_size
 
 
 class Interleave(keras.callbacks.Callback):
@@ -121,12 +127,12 @@ def run(backend, workload, compile_kwargs, log):
     log(f"[{backend}] keras fit ({workload.repeats} timed epochs, natives interleaved)")
     model = build_keras_model(workload, backbone, compile_kwargs)
     interleave = Interleave(measure.Stopwatch(lambda: native.sync_keras(model)), memory, run_natives)
-    x, y = fit_arguments(workload, data)
+    x, y, batch_size = fit_arguments(workload, data)
     fit_start = time.perf_counter()
     model.fit(
         x,
         y,
-        batch_size=workload.batch_size,
+        batch_size=batch_size,
         epochs=workload.repeats + 1,
         verbose=0,
         callbacks=[interleave],

@@ -10,8 +10,9 @@ import dataclasses
 import keras
 import numpy as np
 
-from benchmarks.spec import MODELS, NUM_CLASSES, SEED
+from benchmarks.spec import CLASSES_PER_BATCH, MODELS, NUM_CLASSES, SEED
 from siamese_k3 import backbones
+from siamese_k3.data import ClassBalancedBatches
 
 
 def build_backbone(model, image_size=0):
@@ -25,10 +26,10 @@ def build_backbone(model, image_size=0):
         return keras.Model(inputs, outputs, name="mlp")
     if model == "cnn":
         return backbones.small_cnn()
+    if model == "compact":  # the main job's backbone, as `siamese-k3 train` builds it
+        return backbones.compact_cnn(input_shape=(28, 28), rescale=1.0 / 255.0, normalize=True)
     if model == "resnet50":
-        builder = getattr(backbones, "resnet50_embedding", None)
-        if builder is None:
-            raise NotImplementedError("siamese_k3.backbones.resnet50_embedding does not exist yet")
+        builder = backbones.resnet50_embedding
         return builder(input_shape=(image_size, image_size, 3)) if image_size else builder()
     raise ValueError(f"unknown model {model!r}; expected one of {MODELS}")
 
@@ -38,15 +39,20 @@ def input_shape(backbone):
 
 
 def make_data(workload, shape):
-    """Numpy arrays for `steps` batches: a dict of float32 inputs (+ int32 labels for semi_hard).
+    """Numpy arrays for `steps` batches: a dict of float32 inputs (+ int32 labels for the mining losses).
 
-    Uniform in [0, 1), or [0, 255) for resnet50 (whose model does its own preprocessing).
+    Uniform in [0, 1), or [0, 255) for resnet50 (whose model does its own
+    preprocessing); uint8 images in [0, 255] for compact (the main job's
+    Fashion-MNIST batches, which its model rescales).
 
     triplet: {"anchor", "positive", "negative"}, each [steps·B, *shape].
-    semi_hard: {"images": [steps·B, *shape], "labels": [steps·B]}.
+    semi_hard, batch_all: {"images": [steps·B, *shape], "labels": [steps·B]}.
     """
     rng = np.random.default_rng(SEED)
     count = workload.steps * workload.batch_size
+    if workload.model == "compact":
+        images = rng.integers(0, 256, (count, *shape), dtype=np.uint8)
+        return {"images": images, "labels": rng.integers(0, NUM_CLASSES, count).astype("int32")}
     scale = 255.0 if workload.model == "resnet50" else 1.0  # resnet50_embedding takes raw 0-255 RGB
 
     def images():
@@ -57,11 +63,28 @@ def make_data(workload, shape):
     return {"images": images(), "labels": rng.integers(0, NUM_CLASSES, count).astype("int32")}
 
 
-def epoch_batches(data, batch_size, epoch):
-    """Index arrays of one shuffled epoch (the same permutation for every implementation)."""
+def epoch_batches(workload, data, epoch):
+    """Index arrays of one epoch's batches, the same for every implementation.
+
+    A shuffled permutation cut into batches; for compact, the main job's
+    class-balanced P×K batches (`class_balanced(workload, data)`, the
+    sampler keras is given, at the same epoch).
+    """
+    if workload.model == "compact":
+        sampler = class_balanced(workload, data)
+        sampler.epoch = epoch
+        return [sampler.batch_indices(index) for index in range(len(sampler))]
     count = len(next(iter(data.values())))
     order = np.random.default_rng(SEED + 1 + epoch).permutation(count)
-    return [order[start : start + batch_size] for start in range(0, count, batch_size)]
+    return [order[start : start + workload.batch_size] for start in range(0, count, workload.batch_size)]
+
+
+def class_balanced(workload, data):
+    """The main job's sampler: `ClassBalancedBatches` of P = 8 classes × K = B / 8 images, `steps` per epoch."""
+    return ClassBalancedBatches(
+        data["images"], data["labels"], CLASSES_PER_BATCH, workload.batch_size // CLASSES_PER_BATCH,
+        steps_per_epoch=workload.steps, seed=SEED,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -134,6 +157,10 @@ def _describe(layer):
         return "rescale", {"scale": float(config["scale"]), "offset": float(config["offset"])}
     if name == "Add":
         return "add", {}
+    if name == "UnitNormalization":
+        if config["axis"] not in (-1, [-1]):
+            raise NotImplementedError("UnitNormalization over another axis")
+        return "l2_normalize", {}
     raise NotImplementedError(f"layer {name}")
 
 

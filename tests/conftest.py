@@ -15,6 +15,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "portability: needs all three backends installed")
     config.addinivalue_line("markers", "slow: a short training run")
     config.addinivalue_line("markers", "distributed: launches data-parallel training processes (nox -s distributed)")
+    config.addinivalue_line("markers", "bench_smoke: the benchmark entry points on tiny sizes (nox -s bench_smoke)")
     config.addinivalue_line("markers", "conformance: the fast path against keras' own path (also nox -s keras_floor, keras_newest)")
 
 

@@ -22,7 +22,6 @@ import warnings
 import weakref
 
 import keras
-import numpy as np
 
 from siamese_k3.backend import distributed
 from siamese_k3.backend.torch import forward

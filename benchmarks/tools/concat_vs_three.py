@@ -1,6 +1,6 @@
 """Is one backbone call on the concatenated 3·B batch faster than three calls on B?
 
-    python -m benchmarks.concat_vs_three --backends jax,tensorflow,torch
+    python -m benchmarks.tools.concat_vs_three --backends jax,tensorflow,torch
 
 `SiameseModel` concatenates anchor, positive and negative and runs the
 backbone once; `ThreeCalls` runs it three times. Both train an MLP
@@ -13,18 +13,17 @@ machine load. A step time is one epoch's wall time over its steps, epoch 0
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+
+from benchmarks import launcher, measure
 
 BATCH = 128
 INPUT_DIM = 784
 
 
-def _child(args):
+def _worker(args):
     import keras
     import numpy as np
 
@@ -75,79 +74,54 @@ def _child(args):
             steady = clock.times[1:]
             step_ms[name] += [1000 * seconds / args.steps for seconds in steady]
             compile_s[name].append(clock.times[0] - statistics.median(steady))
-    print(
-        json.dumps(
+    launcher.write_rows(
+        [
             {
                 "backend": keras.backend.backend(),
                 "steps_per_execution": model.steps_per_execution,
                 "jit_compile": model.jit_compile,
+                "device": measure.cpu_name(),
                 "step_ms": {name: statistics.median(values) for name, values in step_ms.items()},
-                "spread_ms": {
-                    name: (max(values) - min(values)) / 2 for name, values in step_ms.items()
-                },
-                "first_epoch_excess_s": {
-                    name: statistics.median(values) for name, values in compile_s.items()
-                },
+                "spread_ms": {name: (max(values) - min(values)) / 2 for name, values in step_ms.items()},
+                "first_epoch_excess_s": {name: statistics.median(values) for name, values in compile_s.items()},
             }
-        )
+        ],
+        args.worker_out,
     )
 
 
-def _table(results):
-    lines = [
-        "| backend | jit_compile | steps/exec | concatenated ms/step | three calls ms/step | three / concat |",
-        "| --- | --- | --- | --- | --- | --- |",
-    ]
-    for result in results:
-        concat, three = result["step_ms"]["concatenated"], result["step_ms"]["three_calls"]
-        spread = result["spread_ms"]
-        lines.append(
-            f"| {result['backend']} | {result['jit_compile']} | {result['steps_per_execution']} "
-            f"| {concat:.2f} ± {spread['concatenated']:.2f} | {three:.2f} ± {spread['three_calls']:.2f} "
-            f"| {three / concat:.2f} |"
-        )
-    return "\n".join(lines)
+COLUMNS = [
+    ("backend", "backend", ""),
+    ("jit_compile", "jit_compile", ""),
+    ("steps/exec", "steps_per_execution", ":"),
+    ("concatenated ms/step", lambda r: f"{r['step_ms']['concatenated']:.2f} ± {r['spread_ms']['concatenated']:.2f}", ":"),
+    ("three calls ms/step", lambda r: f"{r['step_ms']['three_calls']:.2f} ± {r['spread_ms']['three_calls']:.2f}", ":"),
+    ("three / concat", lambda r: f"{r['step_ms']['three_calls'] / r['step_ms']['concatenated']:.2f}", ":"),
+    ("device", "device", ""),
+]
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="jax,tensorflow,torch")
     parser.add_argument("--steps", type=int, default=64, help="steps per epoch")
-    parser.add_argument(
-        "--epochs", type=int, default=3, help="timed epochs per model (after one warm-up)"
-    )
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per model (after one warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="fresh models per variant")
-    parser.add_argument("--out", help="also write the results as JSON here")
-    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, help="CPU threads per framework (default: each framework's own)")
+    parser.add_argument("--out", default="benchmarks/results/concat_vs_three.json")
+    launcher.add_worker_arguments(parser)
     args = parser.parse_args(argv)
-    if args.child:
-        return _child(args)
-    results = []
+    if args.worker:
+        return _worker(args)
+    rows = []
     for backend in args.backends.split(","):
-        command = [
-            sys.executable,
-            "-m",
-            "benchmarks.concat_vs_three",
-            "--child",
-            f"--steps={args.steps}",
-            f"--epochs={args.epochs}",
-            f"--repeats={args.repeats}",
-        ]
-        completed = subprocess.run(
-            command,
-            env={**os.environ, "KERAS_BACKEND": backend},
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if completed.returncode != 0:
-            sys.exit(f"{backend} failed:\n{completed.stderr[-3000:]}")
-        results.append(json.loads(completed.stdout.strip().splitlines()[-1]))
-    print(_table(results))
-    if args.out:
-        with open(args.out, "w") as handle:
-            json.dump(results, handle, indent=2)
+        worker_argv = ["--steps", str(args.steps), "--epochs", str(args.epochs), "--repeats", str(args.repeats)]
+        rows += launcher.run_in_backend(backend, "benchmarks.tools.concat_vs_three", worker_argv, args.threads)
+    table = launcher.markdown_table(rows, COLUMNS)
+    launcher.write_outputs(table, rows, args.out, "benchmarks.tools.concat_vs_three", argv)
+    return 0 if len(rows) == len(args.backends.split(",")) else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

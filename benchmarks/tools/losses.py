@@ -1,0 +1,187 @@
+"""The loss algorithm on its own: siamese_k3's O(B²) mining losses against the textbook O(B³) ones.
+
+    python -m benchmarks.tools.losses --backends jax,tensorflow,torch --sizes 64,256,1024,4096
+
+For every (backend, implementation, loss, B) a fresh worker process builds B
+embeddings of `--dim` dimensions (labels: B / 4 classes of 4, a P × K batch)
+and times the loss with its gradient (forward + backward, median of
+`--repeats` calls after one warm-up call), compiled as training runs it:
+`jax.jit`, `tf.function(jit_compile=True)`, eager torch. Implementations:
+
+- ``siamese_k3``: `siamese_k3.losses` (sorted negatives and a bisection for
+  semi-hard, prefix sums for batch-all: O(B² log B) time, O(B²) memory);
+- ``textbook``: the same losses written as TF Addons' semi-hard and the usual
+  batch-all are, on [B, B, B] tensors, in the backend's own framework
+  (`benchmarks.native_<backend>.CUBIC_LOSSES`, checked equal to siamese_k3's
+  by `benchmarks.check_native`);
+- ``pytorch_metric_learning`` (torch, when installed): its `TripletMarginMiner`
+  (``"semihard"`` or ``"all"``) feeding `TripletMarginLoss`, the way its users
+  mine. Its semi-hard miner keeps every semi-hard triplet rather than the
+  closest one per pair, so its value differs; the cost is what is compared.
+
+Peak memory: what the calls added to the worker's peak resident set
+(ru_maxrss after minus before; imports and data already resident). A case
+whose [B, B, B] tensors would not fit in `--max-cubic-gib` is not run and
+says so.
+"""
+
+import argparse
+import importlib
+import importlib.util
+import resource
+import statistics
+import sys
+import time
+
+from benchmarks import launcher, measure
+
+IMPLEMENTATIONS = ("siamese_k3", "textbook", "pytorch_metric_learning")
+LOSSES = ("semi_hard", "batch_all")
+SAMPLES_PER_CLASS = 4
+MARGINS = {"semi_hard": 1.0, "batch_all": 0.2}
+# float32 [B, B, B] tensors the textbook formulation keeps alive at once, and pml's boolean masks.
+CUBIC_TENSORS = {"textbook": 4 * 4, "pytorch_metric_learning": 3}
+
+
+def _peak_rss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _loss_function(backend, implementation, loss):
+    """loss(embeddings, labels) → scalar for `implementation`, or None when it does not exist here."""
+    if implementation == "siamese_k3":
+        from siamese_k3 import losses
+
+        function = {"semi_hard": losses.semi_hard_triplet_loss, "batch_all": losses.batch_all_triplet_loss}[loss]
+        return lambda embeddings, labels: function(labels, embeddings, margin=MARGINS[loss])
+    if implementation == "textbook":
+        native = importlib.import_module(f"benchmarks.native_{backend}")
+        function = native.CUBIC_LOSSES[loss]
+        return lambda embeddings, labels: function(embeddings, labels, margin=MARGINS[loss])
+    if backend != "torch" or importlib.util.find_spec("pytorch_metric_learning") is None:
+        return None
+    from pytorch_metric_learning import losses as pml_losses
+    from pytorch_metric_learning import miners
+
+    miner = miners.TripletMarginMiner(margin=MARGINS[loss], type_of_triplets="semihard" if loss == "semi_hard" else "all")
+    triplet = pml_losses.TripletMarginLoss(margin=MARGINS[loss])
+    return lambda embeddings, labels: triplet(embeddings, labels, miner(embeddings, labels))
+
+
+def _value_and_gradient(backend, function, labels):
+    """(embeddings → (loss, gradient), wait for the result), compiled as training runs it."""
+    if backend == "jax":
+        import jax
+
+        step = jax.jit(jax.value_and_grad(lambda embeddings: function(embeddings, labels)))
+        return step, jax.block_until_ready
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(jit_compile=True)
+        def step(embeddings):
+            with tf.GradientTape() as tape:
+                tape.watch(embeddings)
+                value = function(embeddings, labels)
+            return value, tape.gradient(value, embeddings)
+
+        return step, lambda result: [tensor.numpy() for tensor in result]
+
+    def step(embeddings):
+        embeddings = embeddings.detach().requires_grad_(True)
+        value = function(embeddings, labels)
+        value.backward()
+        return value.detach(), embeddings.grad
+
+    return step, lambda result: [tensor.cpu() for tensor in result]
+
+
+def _median_ms(step, finish, argument, repeats):
+    finish(step(argument))  # warm-up: compiles
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        finish(step(argument))
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def _worker(args):
+    import keras
+    import numpy as np
+
+    backend = keras.backend.backend()
+    rows = []
+    for implementation in args.implementations.split(","):
+        for loss in args.losses.split(","):
+            function = _loss_function(backend, implementation, loss)
+            if function is None:
+                continue
+            row = {"backend": backend, "implementation": implementation, "loss": loss, "batch": args.batch,
+                   "dim": args.dim, "device": measure.cpu_name()}  # fmt: skip
+            cubic_gib = CUBIC_TENSORS.get(implementation, 0) * args.batch**3 / 2**30
+            if cubic_gib > args.max_cubic_gib:
+                rows.append(dict(row, skipped=f"needs ~{cubic_gib:.0f} GiB of B³ tensors"))
+                continue
+            rng = np.random.default_rng(0)
+            labels_np = (np.arange(args.batch) // SAMPLES_PER_CLASS).astype("int32")
+            embeddings_np = rng.normal(size=(args.batch, args.dim)).astype("float32")
+            embeddings = keras.ops.convert_to_tensor(embeddings_np)
+            labels = keras.ops.convert_to_tensor(labels_np)
+            step, finish = _value_and_gradient(backend, function, labels)
+            before = _peak_rss_mib()
+            milliseconds = _median_ms(step, finish, embeddings, args.repeats)
+            rows.append(dict(row, ms=round(milliseconds, 3), added_peak_mib=round(_peak_rss_mib() - before, 1)))
+            launcher.log(f"[{backend}] {implementation} {loss} B={args.batch}: {milliseconds:.1f} ms")
+    launcher.write_rows(rows, args.worker_out)
+
+
+COLUMNS = [
+    ("backend", "backend", ""),
+    ("loss", "loss", ""),
+    ("B", "batch", ":"),
+    ("implementation", "implementation", ""),
+    ("forward + backward ms", lambda row: row.get("ms", row.get("skipped", "")), ":"),
+    ("added peak MiB", lambda row: row.get("added_peak_mib", ""), ":"),
+    ("device", "device", ""),
+]
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="jax,tensorflow,torch")
+    parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
+    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--sizes", default="64,256,1024,4096", help="batch sizes B")
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--max-cubic-gib", type=float, default=6.0, help="skip a case whose B³ tensors need more")
+    parser.add_argument("--threads", type=int, help="CPU threads per framework (default: each framework's own)")
+    parser.add_argument("--out", default="benchmarks/results/losses.json")
+    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
+    launcher.add_worker_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.worker:
+        return _worker(args)
+    rows = []
+    cases = [(backend, implementation, loss, size) for backend in args.backends.split(",")
+             for implementation in args.implementations.split(",") for loss in args.losses.split(",")
+             for size in map(int, args.sizes.split(","))]  # fmt: skip
+    for backend, implementation, loss, size in cases:  # one process each: its own peak memory
+        if implementation == "pytorch_metric_learning" and backend != "torch":
+            continue
+        worker_argv = ["--implementations", implementation, "--losses", loss, "--batch", str(size),
+                       "--dim", str(args.dim), "--repeats", str(args.repeats),
+                       "--max-cubic-gib", str(args.max_cubic_gib)]  # fmt: skip
+        rows += launcher.run_in_backend(backend, "benchmarks.tools.losses", worker_argv, args.threads)
+    rows.sort(key=lambda row: (row["backend"], row["loss"], row["batch"], IMPLEMENTATIONS.index(row["implementation"])))
+    table = launcher.markdown_table(rows, COLUMNS)
+    note = f"threads: {args.threads or 'framework defaults'}; embeddings {args.dim}-d, {SAMPLES_PER_CLASS} per class"
+    launcher.write_outputs(table, rows, args.out, "benchmarks.tools.losses", argv, note)
+    expected = len(args.backends.split(","))
+    return 0 if len({row["backend"] for row in rows}) == expected else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

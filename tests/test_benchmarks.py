@@ -1,0 +1,71 @@
+"""The benchmark harness on tiny sizes: every entry point runs, and each native loop trains what keras trains.
+
+Run by ``nox -s bench_smoke`` (one session per backend, each installing only
+that backend), not by the default test sessions: `check_native` asserts that
+every native baseline's first-step loss equals keras' on the same batch and
+weights (the model, its batch-norm mode and the loss algorithm), for every
+workload the README's tables use; the launchers must produce their rows and
+tables. Sizes are tiny, so no figure here means anything.
+"""
+
+import json
+
+import keras
+import pytest
+
+from benchmarks import check_native, profile_fit, train_core
+from benchmarks.tools import concat_vs_three, losses
+
+pytestmark = pytest.mark.bench_smoke
+BACKEND = keras.backend.backend()
+
+
+@pytest.mark.parametrize(
+    "model, loss, batch_size",
+    [("mlp", "triplet", 8), ("cnn", "semi_hard", 16), ("compact", "batch_all", 32), ("compact", "semi_hard", 32),
+     ("cnn", "batch_all", 16)],
+)  # fmt: skip
+def test_check_native_first_losses_equal_keras(model, loss, batch_size):
+    argv = ["--model", model, "--loss", loss, "--batch-size", str(batch_size), "--steps", "2"]
+    assert check_native.main(argv) == 0
+
+
+@pytest.mark.parametrize("model, loss", [("mlp", "triplet"), ("cnn", "semi_hard"), ("compact", "batch_all")])
+def test_train_core_rows_and_table(model, loss, tmp_path):
+    out = tmp_path / "rows.json"
+    argv = ["--backends", BACKEND, "--model", model, "--loss", loss, "--batch-size", "16", "--steps", "2",
+            "--repeats", "2", "--runs", "2", "--out", str(out)]  # fmt: skip
+    assert train_core.main(argv) == 0
+    rows = json.loads(out.read_text())
+    assert {(row["impl"], row["run"]) for row in rows} >= {("keras", 0), ("native", 0), ("keras", 1), ("native", 1)}
+    table = out.with_suffix(".md").read_text()
+    assert "keras ÷ native per run" in table and "median" in table and "python -m benchmarks.train_core" in table
+
+
+def test_loss_table(tmp_path):
+    out = tmp_path / "losses.json"
+    argv = ["--backends", BACKEND, "--sizes", "8,16", "--repeats", "1", "--out", str(out)]
+    assert losses.main(argv) == 0
+    rows = json.loads(out.read_text())
+    measured = {(row["implementation"], row["loss"], row["batch"]) for row in rows if "ms" in row}
+    assert {("siamese_k3", "semi_hard", 16), ("textbook", "batch_all", 16)} <= measured
+
+
+def test_loss_table_skips_what_would_not_fit(tmp_path):
+    out = tmp_path / "losses.json"
+    argv = ["--backends", BACKEND, "--sizes", "64", "--implementations", "textbook", "--losses", "semi_hard",
+            "--max-cubic-gib", "0.0001", "--out", str(out)]  # fmt: skip
+    assert losses.main(argv) == 0
+    assert "needs" in json.loads(out.read_text())[0]["skipped"]
+
+
+def test_concat_vs_three(tmp_path):
+    out = tmp_path / "concat.json"
+    argv = ["--backends", BACKEND, "--steps", "2", "--epochs", "1", "--repeats", "1", "--out", str(out)]
+    assert concat_vs_three.main(argv) == 0
+    assert len(json.loads(out.read_text())) == 1
+
+
+def test_profile_fit(capsys):
+    profile_fit.main(["--steps", "4", "--batch-size", "8", "--top", "3"])
+    assert "fit" in capsys.readouterr().out
