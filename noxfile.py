@@ -81,7 +81,7 @@ def bench(session):
 def keras_floor(session, backend):
     """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
     session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
-    session.run("python", "-c", "import keras; print('keras', keras.__version__)")
+    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
     session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})
 
 
@@ -90,5 +90,5 @@ def keras_floor(session, backend):
 def keras_newest(session, backend):
     """The fast path's suite on the newest keras release pyproject allows (only torch pinned)."""
     session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
-    session.run("python", "-c", "import keras; print('keras', keras.__version__)")
+    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
     session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})
