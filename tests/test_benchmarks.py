@@ -69,3 +69,11 @@ def test_concat_vs_three(tmp_path):
 def test_profile_fit(capsys):
     profile_fit.main(["--steps", "4", "--batch-size", "8", "--top", "3"])
     assert "fit" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="compares torch's own Adam")
+def test_adam_update(capsys):
+    from benchmarks.tools import adam_update
+
+    assert adam_update.main(["--updates", "2", "--repeats", "1"]) == 0
+    assert "| compact |" in capsys.readouterr().out

@@ -10,6 +10,10 @@ and times the loss with its gradient (forward + backward, median of
 
 - ``siamese_k3``: `siamese_k3.losses` (sorted negatives and a bisection for
   semi-hard, prefix sums for batch-all: O(B² log B) time, O(B²) memory);
+- ``native``: siamese_k3's algorithm written in the backend's own framework
+  (`benchmarks.native_<backend>.LOSSES`, with its own sort and searchsorted: what
+  the training benchmark's native loops run), so the cost of going through
+  `keras.ops` shows;
 - ``textbook``: the same losses written as TF Addons' semi-hard and the usual
   batch-all are, on [B, B, B] tensors, in the backend's own framework
   (`benchmarks.native_<backend>.CUBIC_LOSSES`, checked equal to siamese_k3's
@@ -35,7 +39,7 @@ import time
 
 from benchmarks import launcher, measure
 
-IMPLEMENTATIONS = ("siamese_k3", "textbook", "pytorch_metric_learning")
+IMPLEMENTATIONS = ("siamese_k3", "native", "textbook", "pytorch_metric_learning")
 LOSSES = ("semi_hard", "batch_all")
 SAMPLES_PER_CLASS = 4
 MARGINS = {"semi_hard": 1.0, "batch_all": 0.2}
@@ -54,9 +58,9 @@ def _loss_function(backend, implementation, loss):
 
         function = {"semi_hard": losses.semi_hard_triplet_loss, "batch_all": losses.batch_all_triplet_loss}[loss]
         return lambda embeddings, labels: function(labels, embeddings, margin=MARGINS[loss])
-    if implementation == "textbook":
+    if implementation in ("native", "textbook"):
         native = importlib.import_module(f"benchmarks.native_{backend}")
-        function = native.CUBIC_LOSSES[loss]
+        function = (native.LOSSES if implementation == "native" else native.CUBIC_LOSSES)[loss]
         return lambda embeddings, labels: function(embeddings, labels, margin=MARGINS[loss])
     if backend != "torch" or importlib.util.find_spec("pytorch_metric_learning") is None:
         return None
