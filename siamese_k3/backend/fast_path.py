@@ -27,8 +27,9 @@ The fast path is off, and keras runs as it would for any model, when:
 - the installed keras is outside the range the conformance suite runs on in
   CI (`TESTED_KERAS`): it then warns once, naming the range.
 
-One exception: torch data-parallel training always takes siamese_k3's own
-train step, because keras' torch step cannot average gradients over ranks.
+One exception: torch data-parallel training always takes the torch path,
+whose own train step averages the gradients over the ranks (keras' torch step
+cannot), even with the fast path off.
 """
 
 import contextlib
