@@ -136,9 +136,7 @@ class _FastModel(keras.Model):
 
     def _fit_input(self, x, y, fit_kwargs):
         """(x, y, fit_kwargs) with in-memory arrays as the fast path's batches (keras' own, delivered faster)."""
-        fit_kwargs = dict(fit_kwargs)
-        x, y, fit_kwargs = self._training_path().fit_input(self, x, y, fit_kwargs)
-        return x, y, fit_kwargs
+        return self._training_path().fit_input(self, x, y, fit_kwargs)
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         # keras' own (where its trainer has one) reads one distributed batch and reduces it with

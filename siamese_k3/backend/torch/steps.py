@@ -230,7 +230,7 @@ _config_cache = weakref.WeakKeyDictionary()
 
 
 def _adam_config(optimizer):
-    """``optimizer.get_config()`` without its learning rate, read once per optimizer and its settings.
+    """``optimizer.get_config()``, read once per optimizer and its settings.
 
     The settings `plain_adam` checks are read from the optimizer each time to key the cache,
     so changing one (``optimizer.clipnorm = 1.0``) is seen at the next step.
@@ -238,8 +238,7 @@ def _adam_config(optimizer):
     key = tuple(getattr(optimizer, name, None) for name in PLAIN_ADAM_CONFIG)
     cached = _config_cache.get(optimizer)
     if cached is None or cached[0] != key:
-        config = {name: value for name, value in optimizer.get_config().items()}
-        _config_cache[optimizer] = cached = (key, config)
+        _config_cache[optimizer] = cached = (key, optimizer.get_config())
     return cached[1]
 
 
