@@ -6,12 +6,13 @@
     nox -s keras_floor       # the fast path's suite on the oldest keras pyproject allows
     nox -s keras_newest      # ... and on the newest release it allows
     nox -s bench_smoke       # every benchmark entry point on tiny sizes, native losses checked equal to keras'
+    nox -s docs              # the API reference (mkdocs --strict) into site/, no keras needed
     nox -s bench             # benchmarks, not run by default
 """
 
 import nox
 
-nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest", "bench_smoke"]
+nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest", "bench_smoke", "docs"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -28,8 +29,12 @@ FAST_PATH_SUITE = (
 @nox.session
 @nox.parametrize("backend", BACKENDS)
 def tests(session, backend):
-    """pytest on one backend; a stray `import tensorflow` fails the jax and torch sessions."""
-    session.install(*CONSTRAINTS, "-e", f".[{backend},test,export]")
+    """pytest on one backend; a stray `import tensorflow` fails the jax and torch sessions.
+
+    FAISS (the `search` extra) is installed on every backend, as it is backend-independent:
+    tests/test_index.py checks its engine and, with engine="numpy", the fallback without it.
+    """
+    session.install(*CONSTRAINTS, "-e", f".[{backend},test,export,search]")
     others = [name for name in BACKENDS if name != backend]
     session.run(
         "python", "-c",
@@ -59,10 +64,17 @@ def portability(session):
 
 
 @nox.session
+def docs(session):
+    """The API reference into site/, warnings as errors; griffe reads the source, so no keras or backend."""
+    session.install("mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26,<2", "mkdocstrings-python>=1.11,<3")
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
+
+
+@nox.session
 @nox.parametrize("backend", BACKENDS)
 def bench_smoke(session, backend):
     """Every benchmark entry point on tiny sizes on one backend; each native loop's first loss equals keras'."""
-    extras = f"{backend},test,bench" + (",bench-jax" if backend == "jax" else "")
+    extras = f"{backend},test,bench,search" + (",bench-jax" if backend == "jax" else "")
     session.install(*CONSTRAINTS, "-e", f".[{extras}]")
     # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
     session.run("python", "-m", "pytest", "-m", "bench_smoke", "tests/test_benchmarks.py", *session.posargs,

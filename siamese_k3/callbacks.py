@@ -5,16 +5,22 @@
   sample after each epoch, in the logs (so in `History`, the progress bar and
   any callback after it).
 - `PairValidation`: ROC AUC of held-out (anchor, positive, negative) pairs after each epoch.
+- `RunCheckpoint`: the per-epoch checkpoint a run resumes from, checked before it is trusted.
 """
 
+import json
 import math
+import os
+import tempfile
+import time
 
 import keras
 import numpy as np
 
 from siamese_k3 import evaluation
 from siamese_k3.backend import distributed
-from siamese_k3.errors import NonFiniteLossError
+from siamese_k3.errors import NonFiniteLossError, RunFolderError
+from siamese_k3.files import atomic_path, write_json
 
 LIKELY_CAUSES = (
     "a learning rate too high for this model (lower it), a margin that is not a small finite "
@@ -30,23 +36,38 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
     would still save the diverged weights), this raises out of `fit`: put it
     first in the callback list and no later callback sees the bad epoch, so the
     last checkpoint stays the last good one. It checks the training loss after
-    every batch it is shown (every `steps_per_execution` batches) and the
-    validation loss at the end of each epoch.
+    every batch it is shown and the validation loss at the end of each epoch.
+
+    The message names the step (1-based) whose loss it saw; with
+    ``steps_per_execution`` above 1 keras shows it only the end of each
+    execution, and the message names the execution's steps ("steps 1-4"), the
+    last one clipped to the epoch's steps (keras numbers the last execution of
+    an epoch as if it ran whole).
     """
 
     def __init__(self, monitor=("loss", "val_loss")):
         super().__init__()
         self.monitor = tuple(monitor)
         self._epoch = 0
+        self._first_step = 0
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
 
+    def on_train_batch_begin(self, batch, logs=None):
+        self._first_step = batch
+
     def on_train_batch_end(self, batch, logs=None):
-        self._check(logs, f"epoch {self._epoch + 1}, step {batch + 1}")
+        self._check(logs, lambda: f"epoch {self._epoch + 1}, {self._steps(batch)}")
 
     def on_epoch_end(self, epoch, logs=None):
-        self._check(logs, f"the end of epoch {epoch + 1}")
+        self._check(logs, lambda: f"the end of epoch {epoch + 1}")
+
+    def _steps(self, last):
+        """The steps one execution ran, 1-based: "step N", or "steps M-N" for several; N at most the epoch's steps."""
+        steps = (self.params or {}).get("steps")
+        last = min(last, steps - 1) if steps else last
+        return f"step {last + 1}" if last <= self._first_step else f"steps {self._first_step + 1}-{last + 1}"
 
     def _check(self, logs, where):
         for key in self.monitor:
@@ -54,7 +75,7 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 value = float(keras.ops.convert_to_numpy(logs[key]))
                 if not math.isfinite(value):
                     raise NonFiniteLossError(
-                        f"training stopped: {key} became {value} at {where}. Likely causes: {LIKELY_CAUSES}."
+                        f"training stopped: {key} became {value} at {where()}. Likely causes: {LIKELY_CAUSES}."
                     )
 
 
@@ -139,3 +160,139 @@ class PairValidation(_EmbeddingValidation):
         ])
         is_same = np.arange(len(distances)) < len(anchor)
         return {"pair_roc_auc": evaluation.verification_metrics(distances, is_same)["roc_auc"]}
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """A resumable checkpoint of a run in the folder `folder`, written after every epoch.
+
+    After epoch N (1-based) it writes, each file atomically (`siamese_k3.files`):
+
+    1. ``epoch-000N.weights.h5``: `model.save_weights`, which holds the model's
+       variables, the optimizer's (its step count, hence the learning-rate
+       schedule, and its moments) and every layer's random-generator state;
+    2. ``training_metadata.json``: ``{"epoch": N, "batch": 0, "weights": NAME,
+       "epochs": {"0": logs of epoch 1 with its "seconds", ...}}``;
+    3. then removes the weights of earlier epochs.
+
+    A kill at any moment leaves a metadata file naming a whole weights file of
+    the epoch it counts. `read` checks that before anything trusts it, and
+    `restore` loads it into a built model, returning the epoch to continue from
+    (`fit(initial_epoch=...)`). Nothing is deleted at the end of training: the
+    run deletes the folder once its results are written.
+
+    With ``writer=False`` (a data-parallel process beside the chief) it writes
+    nothing; under MultiWorkerMirroredStrategy, where saving is collective, it
+    saves alongside the chief into a scratch folder (TensorFlow's own pattern).
+    """
+
+    METADATA = "training_metadata.json"
+
+    def __init__(self, folder, writer=True):
+        super().__init__()
+        self.folder, self.writer = os.fspath(folder), writer
+        self.epochs = {}
+        self._started = None
+
+    @property
+    def seconds(self):
+        """Training seconds over every epoch in the checkpoint and since."""
+        return sum(entry.get("seconds", 0.0) for entry in self.epochs.values())
+
+    def history(self):
+        """{metric: [value per epoch]} over all epochs, as `History.history`."""
+        ordered = [self.epochs[epoch] for epoch in sorted(self.epochs)]
+        keys = [key for key in ordered[0] if key != "seconds"] if ordered else []
+        return {key: [entry.get(key, float("nan")) for entry in ordered] for key in keys}
+
+    @classmethod
+    def read(cls, folder):
+        """The checkpoint's metadata, checked whole; None when there is none; `RunFolderError` when damaged.
+
+        Whole means: the metadata parses, its epoch count equals its logged
+        epochs (0..N-1), and the weights file it names exists and is an HDF5 file.
+        """
+        path = os.path.join(folder, cls.METADATA)
+        if not os.path.exists(path):
+            if any(name.endswith(".weights.h5") for name in _listdir(folder)):
+                raise _damaged(path, "is missing while weights are present")
+            return None
+        try:
+            with open(path) as handle:
+                metadata = json.load(handle)
+            epoch = int(metadata["epoch"])
+            epochs = {int(key): dict(value) for key, value in _legacy_epochs(folder, metadata).items()}
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise _damaged(path, f"cannot be read ({type(error).__name__}: {error})") from None
+        if sorted(epochs) != list(range(epoch)):
+            raise _damaged(path, f"counts {epoch} finished epochs but logs {len(epochs)}")
+        weights = os.path.join(folder, metadata.get("weights", "latest.weights.h5"))  # keras' own name before 0.2
+        if not os.path.isfile(weights):
+            raise _damaged(weights, f"is missing (the checkpoint of epoch {epoch} names it)")
+        with open(weights, "rb") as handle:
+            if handle.read(8) != b"\x89HDF\r\n\x1a\n":
+                raise _damaged(weights, "is not an HDF5 weights file")
+        return {"epoch": epoch, "weights": weights, "epochs": epochs}
+
+    def restore(self, metadata):
+        """Load `metadata` (from `read`) into the built, compiled model; the epoch to continue from."""
+        if metadata is None:
+            return 0
+        model = self.model
+        if model.optimizer is not None and not model.optimizer.built:
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(metadata["weights"])
+        except (OSError, ValueError, KeyError) as error:
+            detail = " ".join(str(error).split())[:200]
+            raise _damaged(metadata["weights"], f"cannot be loaded ({type(error).__name__}: {detail})") from None
+        self.epochs = dict(metadata["epochs"])
+        return metadata["epoch"]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        entry = {key: float(value) for key, value in (logs or {}).items()}
+        entry["seconds"] = time.perf_counter() - (self._started or time.perf_counter())
+        self.epochs = {key: value for key, value in self.epochs.items() if key < epoch}
+        self.epochs[epoch] = entry
+        if not self.writer:
+            if distributed.saving_is_collective():  # every worker takes part in the chief's save
+                with tempfile.TemporaryDirectory() as scratch:
+                    self.model.save_weights(os.path.join(scratch, "discarded.weights.h5"))
+            return
+        os.makedirs(self.folder, exist_ok=True)
+        name = f"epoch-{epoch + 1:04d}.weights.h5"
+        with distributed.local_scope(), atomic_path(os.path.join(self.folder, name)) as temporary:
+            self.model.save_weights(temporary)
+        metadata = {"epoch": epoch + 1, "batch": 0, "weights": name, "epochs": self.epochs}
+        write_json(os.path.join(self.folder, self.METADATA), metadata)
+        for stale in _listdir(self.folder):
+            if stale.endswith(".weights.h5") and stale != name:
+                os.remove(os.path.join(self.folder, stale))
+
+
+def _listdir(folder):
+    try:
+        return sorted(os.listdir(folder))
+    except FileNotFoundError:
+        return []
+
+
+def _legacy_epochs(folder, metadata):
+    """The per-epoch logs: in the metadata, or (runs checkpointed before 0.2) in epochs.json beside it."""
+    if "epochs" in metadata:
+        return metadata["epochs"]
+    path = os.path.join(folder, "epochs.json")
+    if not os.path.exists(path):
+        return {str(epoch): {} for epoch in range(int(metadata["epoch"]))}
+    with open(path) as handle:
+        return json.load(handle)
+
+
+def _damaged(path, what):
+    run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    return RunFolderError(
+        f"the checkpoint file {path} {what}: the unfinished run in {run} cannot resume; pass --overwrite "
+        "(overwrite=True) to train it again from the start."
+    )

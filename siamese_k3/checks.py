@@ -11,12 +11,59 @@ import numbers
 
 import numpy as np
 
+from siamese_k3.errors import SiameseK3Error
+
+DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+
+
+def check_distance(distance, name="distance"):
+    """`distance` if it names one of `DISTANCES`; else ValueError naming `name` and the choices."""
+    if distance not in DISTANCES:
+        raise ValueError(f"Unknown {name} {distance!r}: expected one of {', '.join(DISTANCES)}.")
+    return distance
+
 
 def check_margin(margin, name="margin"):
     """`margin` if it is a finite number >= 0 (tensors pass unchecked); else ValueError naming `name`."""
     if not _is_tensor(margin) and not _finite_number(margin, strictly_positive=False):
         raise ValueError(f"{_named(name, margin)} is not a valid margin: expected a finite number >= 0, such as 0.2 or 1.0.")
     return margin
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_integer(value, name, minimum=0, maximum=None):
+    """`value` as an int if it is a whole number in [minimum, maximum]; else `SiameseK3Error` naming `name`.
+
+    Whole floats (``3.0``) pass; booleans, fractions and non-numbers do not.
+    """
+    try:
+        valid = not isinstance(value, bool) and int(value) == value
+    except (TypeError, ValueError, OverflowError):
+        valid = False
+    if not valid or value < minimum or (maximum is not None and value > maximum):
+        raise SiameseK3Error(f"{name} must be {integer_range(minimum, maximum)}, got {value!r}.")
+    return int(value)
+
+
+def integer_range(minimum, maximum=None):
+    """"a positive integer", "an integer >= 0", "an integer from 0 to 2**32 - 1": what `check_integer` wants."""
+    if maximum is None:
+        return "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+    return f"an integer from {minimum} to {'2**32 - 1' if maximum == MAX_SEED else maximum}"
+
+
+def check_seed(seed, name="seed"):
+    """`seed` as an int in [0, 2**32 - 1]; a fresh random one when None. The one way seeds are taken.
+
+    Every random draw in siamese_k3's data code then comes from
+    ``numpy.random.default_rng([seed, stream...])`` (epoch, batch index, ...), so
+    a batch depends on its coordinates only, never on what was drawn before.
+    """
+    if seed is None:
+        return int(np.random.SeedSequence().entropy % (MAX_SEED + 1))
+    return check_integer(seed, name, 0, MAX_SEED)
 
 
 def check_learning_rate(learning_rate, name="learning_rate"):

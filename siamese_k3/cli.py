@@ -1,27 +1,37 @@
-"""The `siamese-k3` command line (also `python -m siamese_k3`).
+"""The `siamese-k3` command line (also `python -m siamese_k3`): parse, call `siamese_k3.api`, print.
 
     siamese-k3 train [--backend jax] [--dataset fashion_mnist] [--out runs/fashion_mnist] ...
     siamese-k3 evaluate RUN
     siamese-k3 embed RUN --images a.png b.png [--output embeddings.npy]
     siamese-k3 similarity RUN IMG1 IMG2
     siamese-k3 export RUN --format {savedmodel,onnx} [--output PATH]
+    siamese-k3 index RUN (--dataset NAME[:split] | --images DIR|FILES...) [--method exact|hnsw|ivf]
+    siamese-k3 search RUN QUERY... [-k 10] [--sheet PATH]
+    siamese-k3 calibrate RUN [--target-precision P | --target-recall R]
 
 The backend: --backend, else $KERAS_BACKEND, else keras' configured backend if
-installed, else the first installed of jax, tensorflow, torch. Errors print one line and
-exit non-zero; set SIAMESE_K3_DEBUG=1 to see the traceback.
+installed, else the first installed of jax, tensorflow, torch. Keras and the
+backend are imported only once the arguments parse, so ``--help`` and argument
+errors are immediate.
+
+Exit codes (`siamese_k3.errors`): 0 done; 2 the command line does not parse
+(or names no valid backend); 1 the command was understood but could not run or
+failed (bad input, a run folder that cannot be used, training diverged), in one
+line ``siamese-k3: error: ...``; 130 / 143 interrupted by SIGINT / SIGTERM (the
+run is left unfinished; the same command resumes it). SIAMESE_K3_DEBUG=1 shows
+tracebacks.
 """
 
 import argparse
 import importlib.util
+import logging
 import os
 import sys
 
-from siamese_k3.backend import BACKENDS
-from siamese_k3.checks import check_learning_rate, check_margin
-from siamese_k3.distances import DISTANCES
+from siamese_k3.backend import BACKENDS, default_backend
+from siamese_k3.checks import DISTANCES, MAX_SEED, check_integer, check_learning_rate, check_margin, integer_range
+from siamese_k3.config import LOSSES, TrainConfig
 from siamese_k3.recipes import LABELLED as RECIPES
-
-LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
 
 
 
@@ -43,7 +53,7 @@ def build_parser():
     _backend_option(train)
     train.add_argument("--dataset", default="fashion_mnist",
                        help="fashion_mnist, mnist, or pairs:DIR (DIR/left, DIR/right) (default: %(default)s)")
-    train.add_argument("--data-dir", help="folder holding the dataset files (searched first)")
+    train.add_argument("--data-dir", help="folder holding the dataset files (then the only place looked in)")
     train.add_argument("--recipe", choices=RECIPES, default="default",
                        help="fashion_mnist, mnist: the defaults of every option below: default (the ~4-minute "
                        "main job) or strong (better retrieval in ~20 minutes; README, Results) (default: %(default)s)")
@@ -61,7 +71,7 @@ def build_parser():
                        help="P of a P×K batch for the mining losses (K = batch size / P)")
     train.add_argument("--embedding-dim", type=_positive_int, default=64)
     train.add_argument("--learning-rate", type=_checked(check_learning_rate), help="a finite number > 0")
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_seed, default=0, help="0 to 2**32 - 1 (default: %(default)s)")
     train.add_argument("--validation-size", type=_non_negative_int, default=3000,
                        help="fashion_mnist, mnist: test images whose precision@1, R-precision and MAP@R are "
                        "logged after every epoch (default: %(default)s; 0: off); pairs:DIR logs the held-out pairs' ROC AUC")
@@ -77,9 +87,11 @@ def build_parser():
                        "jax keras.distribution, tensorflow tf.distribute, torch torch.distributed under torchrun "
                        "(README, Scale out)")
     train.add_argument("--collective-timeout", type=_positive_int, default=600, metavar="SECONDS",
-                       help="--data-parallel: fail when the other processes do not answer for this long "
-                       "(default: %(default)s)")
+                       help="--data-parallel: give up, with one line, when the other processes have not all "
+                       "started, or do not answer a collective, for this long (default: %(default)s)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--strict", action="store_true",
+                       help="exit 1 when the evaluation flags the embedding as collapsed (README, Nothing fails silently)")
 
     evaluate = commands.add_parser("evaluate", help="recompute the metrics of a run")
     _backend_option(evaluate)
@@ -89,13 +101,40 @@ def build_parser():
     _backend_option(embed)
     embed.add_argument("run")
     embed.add_argument("--images", nargs="+", required=True, help="image files")
-    embed.add_argument("--output", default="embeddings.npy", help=".npy file (default: %(default)s)")
+    embed.add_argument("--output", default="embeddings.npy",
+                       help="float32 .npy file, written under exactly this name (default: %(default)s)")
 
     similarity = commands.add_parser("similarity", help="distance and cosine similarity of two images")
     _backend_option(similarity)
     similarity.add_argument("run")
     similarity.add_argument("image1")
     similarity.add_argument("image2")
+
+    index = commands.add_parser("index", help="embed a gallery and save its similarity index in RUN/index")
+    _backend_option(index)
+    index.add_argument("run")
+    gallery = index.add_mutually_exclusive_group(required=True)
+    gallery.add_argument("--dataset", help="NAME[:split], such as fashion_mnist:train (split default: test)")
+    gallery.add_argument("--images", nargs="+", help="a folder of images, or image files (their paths are the ids)")
+    index.add_argument("--method", choices=("exact", "hnsw", "ivf"), default="exact",
+                       help="exact (numpy, or FAISS flat), or approximate with FAISS: hnsw, ivf (default: %(default)s)")
+    index.add_argument("--engine", choices=("auto", "numpy", "faiss"), default="auto")
+
+    search = commands.add_parser("search", help="the nearest gallery items of query images, and a contact sheet")
+    _backend_option(search)
+    search.add_argument("run")
+    search.add_argument("queries", nargs="+", metavar="QUERY",
+                        help="image files, or dataset rows NAME:split:ROW (their labels frame wrong neighbours)")
+    search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (default: %(default)s)")
+    search.add_argument("--sheet", help="contact sheet PNG: each query beside its neighbours, wrong labels framed "
+                        "(default: RUN/search.png)")
+
+    calibrate = commands.add_parser("calibrate", help="choose the 'same or not' distance threshold on held-out data")
+    _backend_option(calibrate)
+    calibrate.add_argument("run")
+    target = calibrate.add_mutually_exclusive_group()
+    target.add_argument("--target-precision", type=_fraction, help="the largest threshold reaching this precision")
+    target.add_argument("--target-recall", type=_fraction, help="the smallest threshold reaching this recall")
 
     export = commands.add_parser("export", help="write the embedding model as a TF SavedModel or ONNX, for serving")
     _backend_option(export)
@@ -127,37 +166,64 @@ def _checked(check):
     return parse
 
 
-def _non_negative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text}")
-    return value
+def _integer(minimum, maximum=None):
+    """An argparse type: an integer that `siamese_k3.checks.check_integer` accepts (the one integer check)."""
+
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        try:
+            return check_integer(value, "value", minimum, maximum)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {integer_range(minimum, maximum)}, got {text}") from None
+
+    parse.__name__ = "integer"
+    return parse
 
 
-def _positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+_positive_int, _non_negative_int, _seed = _integer(1), _integer(0), _integer(0, MAX_SEED)
+
+
+def _fraction(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], such as 0.95, got {text}")
     return value
 
 
 def choose_backend(requested=None, argv=None):
-    """Make keras run on `requested` (default: the backend it was imported with) and return it.
+    """Make keras run on `requested` (else $KERAS_BACKEND, else the default) and return its name.
 
-    `import siamese_k3` has already imported keras on $KERAS_BACKEND (or the first
-    installed backend); keras cannot switch afterwards, so a different --backend
+    Before keras is imported this only sets KERAS_BACKEND. Once it is (a test
+    calling `main`, a notebook), keras cannot switch, so a different backend
     restarts this command in a fresh interpreter with KERAS_BACKEND set.
     """
-    import keras
-
-    current = keras.backend.backend()
-    if requested is None or requested == current:
-        return current
+    requested = requested or os.environ.get("KERAS_BACKEND") or default_backend()
+    if requested not in BACKENDS:
+        raise _UsageError(
+            f"KERAS_BACKEND={requested!r} is not a Keras backend: choose one of {', '.join(BACKENDS)} "
+            "(with --backend or KERAS_BACKEND)."
+        )
     if not importlib.util.find_spec(requested):
-        raise _user_error(
+        from siamese_k3.errors import SiameseK3Error
+
+        raise SiameseK3Error(
             f"backend {requested!r} is not installed: pip install 'siamese_k3[{requested}]' "
             "(with -c constraints.txt for torch) or choose another with --backend."
         )
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = requested
+        return requested
+    import keras
+
+    current = keras.backend.backend()
+    if requested == current:
+        return current
     os.environ["KERAS_BACKEND"] = requested
     argv = sys.argv[1:] if argv is None else list(argv)
     sys.stdout.flush()
@@ -165,36 +231,277 @@ def choose_backend(requested=None, argv=None):
     os.execv(sys.executable, [sys.executable, "-m", "siamese_k3", *argv])
 
 
-def _user_error(message):
+class _UsageError(Exception):
+    """The environment names no valid backend: exit 2, as for a bad command line."""
+
+
+class _ConsoleHandler(logging.Handler):
+    """The `siamese_k3` logger on the console: information to stdout, warnings to stderr, one line each."""
+
+    def emit(self, record):
+        message = " ".join(record.getMessage().split())
+        if record.levelno >= logging.WARNING:
+            print(f"siamese-k3: warning: {message}", file=sys.stderr)
+        else:
+            print(message, file=sys.stdout)
+
+
+def _show_logs():
+    logger = logging.getLogger("siamese_k3")
+    if not any(isinstance(handler, _ConsoleHandler) for handler in logger.handlers):
+        logger.addHandler(_ConsoleHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+# --------------------------------------------------------------------------
+# the commands: call the API, print
+# --------------------------------------------------------------------------
+
+
+def train(args):
+    from siamese_k3 import api, run_evaluation
+    from siamese_k3.errors import RunFailedError
+
+    options = {key: getattr(args, key) for key in TrainConfig.__dataclass_fields__ if hasattr(args, key)}
+    config = TrainConfig.from_recipe(**options)
+    run = api.train(
+        config, out=args.out, overwrite=args.overwrite, data_parallel=args.data_parallel,
+        collective_timeout=args.collective_timeout, verbose=0 if args.quiet else "auto",
+    )
+    if run is None:  # a data-parallel process beside the chief
+        return 0
+    metrics = run.metrics
+    _print_table(run_evaluation.table(metrics), run.path)
+    if args.strict and metrics.get("collapse", {}).get("collapsed"):
+        raise RunFailedError(
+            f"the embedding of the run in {run.path} collapsed (see the table and metrics.json 'collapse'); "
+            "--strict makes that a failure."
+        )
+    return 0
+
+
+def evaluate(args):
+    from siamese_k3 import api, run_evaluation
+    from siamese_k3.files import RunLock
+
+    run = api.Run.open(args.run)
+    with RunLock(args.run):
+        metrics = run.evaluate()
+    _print_table(run_evaluation.table(metrics), run.path)
+    return 0
+
+
+def embed(args):
+    from siamese_k3 import api, inference
+
+    embeddings = api.Run.open(args.run).embed(args.images)
+    path = inference.save_embeddings(args.output, embeddings)
+    print(f"Wrote {embeddings.shape[0]} embeddings of dimension {embeddings.shape[1]} ({embeddings.dtype}) to {path}")
+    return 0
+
+
+def similarity(args):
+    from siamese_k3 import api
+
+    run = api.Run.open(args.run)
+    values = run.similarity(args.image1, args.image2)
+    distance = run.config.distance
+    print(f"{distance} distance: {values[distance]:.6f}")
+    print(f"cosine similarity: {values['cosine_similarity']:.6f}")
+    if "same" in values:
+        verdict = "same" if values["same"] else "different"
+        print(f"verdict: {verdict} (threshold {values['threshold']:.6f}; calibrated precision "
+              f"{values['expected_precision']:.3f})")
+    else:
+        print("verdict: none (no calibration.json: run `siamese-k3 calibrate RUN`)")
+    return 0
+
+
+def index(args):
+    from siamese_k3 import api
+
+    run = api.Run.open(args.run)
+    images = _image_files(args.images) if args.images else None
+    built = run.build_index(images=images, dataset=args.dataset, method=args.method, engine=args.engine,
+                            verbose=1)  # fmt: skip
+    print(f"Indexed {len(built)} embeddings ({args.method}, {built.engine}) in {run.folder.file('index')}")
+    return 0
+
+
+def search(args):
+    import numpy as np
+
+    from siamese_k3 import api, plots
+
+    run = api.Run.open(args.run)
+    queries, query_labels = _query_images(run, args.queries)
+    result = run.search(queries, k=args.k)
+    for row, query in enumerate(args.queries):
+        print(query)
+        for rank in range(result.indices.shape[1]):
+            if result.indices[row, rank] < 0:
+                continue
+            identifier = result.ids[row][rank] if result.ids is not None else int(result.indices[row, rank])
+            label = result.labels[row][rank] if result.labels is not None else ""
+            print(f"  {rank + 1:>3}. {identifier}  {label}  {result.distances[row, rank]:.6f}")
+    sheet = args.sheet or run.folder.file("search.png")
+    gallery = _gallery_images(run, result)
+    if gallery is not None:
+        labelled = query_labels is not None and result.labels is not None
+        plots.plot_neighbours(queries, gallery, sheet, distances=result.distances, count=len(args.queries),
+                              query_labels=query_labels if labelled else None,
+                              neighbour_labels=result.labels if labelled else None)  # fmt: skip
+        print(f"Contact sheet: {sheet}" + ("" if labelled else " (no query labels: nothing framed)"))
+    return 0
+
+
+def calibrate(args):
+    from siamese_k3 import api
+
+    run = api.Run.open(args.run)
+    calibration, summary = run.calibrate(target_precision=args.target_precision, target_recall=args.target_recall)
+    print(f"threshold ({run.config.distance}): {calibration.threshold:.6f} ({calibration.objective})")
+    print(f"precision {calibration.precision:.4f}, recall {calibration.recall:.4f} on the calibration pairs")
+    if "held_out_precision" in summary:
+        print(f"precision {summary['held_out_precision']:.4f}, recall {summary['held_out_recall']:.4f} "
+              "on the held-out half")
+    print(f"Wrote {run.folder.file('calibration.json')} and calibration.png")
+    return 0
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _image_files(paths):
+    """Image files: each path itself, or the image files in it (sorted) when it is a folder."""
     from siamese_k3.errors import SiameseK3Error
 
-    return SiameseK3Error(message)
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
+        else:
+            files.append(path)
+    if not files:
+        raise SiameseK3Error(f"--images {' '.join(paths)} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+    return files
+
+
+def _query_images(run, queries):
+    """(raw pixels, labels or None) of queries: image files, or dataset rows written NAME:split:ROW."""
+    import numpy as np
+
+    if not all(not os.path.exists(query) and query.count(":") == 2 for query in queries):
+        return run_images(run, queries), None
+    from siamese_k3.data import load_dataset
+    from siamese_k3.errors import SiameseK3Error
+
+    images, labels = [], []
+    for query in queries:
+        name, split, row = query.split(":")
+        if split not in ("train", "test") or not row.isdigit():
+            raise SiameseK3Error(f"query {query!r} is neither an image file nor a dataset row NAME:train|test:ROW.")
+        data_dir = run.config.data_dir if name == run.config.dataset else None
+        (x_train, y_train), (x_test, y_test) = load_dataset(name, data_dir=data_dir)
+        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
+        if int(row) >= len(y):
+            raise SiameseK3Error(f"query {query!r}: {name}:{split} has {len(y)} rows.")
+        images.append(x[int(row)])
+        labels.append(y[int(row)])
+    return np.stack(images), np.asarray(labels)
+
+
+def run_images(run, paths):
+    """Raw pixels of image files, as the run's model reads them."""
+    from siamese_k3 import inference
+
+    return inference.load_images(paths, run.input_shape, resize=run.config.pairs_dir is not None)
+
+
+def _gallery_images(run, result):
+    """[Q, k, ...] images of the neighbours, from the dataset or the files their ids name; None if unknown."""
+    import numpy as np
+
+    ids = result.ids
+    if ids is None:
+        return None
+    flat = [identifier for row in ids for identifier in row if identifier is not None]
+    if not flat:
+        return None
+    if all(isinstance(identifier, str) and identifier.count(":") == 2 and not os.path.exists(identifier)
+           for identifier in flat):  # NAME:split:row  # fmt: skip
+        from siamese_k3.data import load_dataset
+
+        name, split, _ = flat[0].split(":")
+        data_dir = run.config.data_dir if name == run.config.dataset else None
+        (x_train, _), (x_test, _) = load_dataset(name, data_dir=data_dir)
+        images = x_train if split == "train" else x_test
+        rows = np.array([[int(str(i).rsplit(":", 1)[1]) if i is not None else 0 for i in row] for row in ids])
+        return images[rows]
+    if all(isinstance(identifier, str) and os.path.isfile(identifier) for identifier in flat):
+        loaded = {path: image for path, image in zip(flat, run_images(run, flat))}
+        blank = np.zeros_like(next(iter(loaded.values())))
+        return np.stack([[loaded.get(i, blank) for i in row] for row in ids])
+    return None
+
+
+def export(args):
+    import keras
+
+    from siamese_k3 import api
+
+    path = api.Run.open(args.run).export(args.format, args.output)
+    print(f"Wrote {path} ({args.format}, exported on {keras.backend.backend()})")
+    return 0
+
+
+def _print_table(lines, path):
+    for line in lines:
+        print(line)
+    print(f"Run folder: {path}")
+
+
+COMMANDS = {
+    "train": train, "evaluate": evaluate, "embed": embed, "similarity": similarity, "export": export,
+    "index": index, "search": search, "calibrate": calibrate,
+}
 
 
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(os.environ.get("SIAMESE_K3_DEBUG"))
     try:
-        choose_backend(args.backend, argv)
-        from siamese_k3 import runs
+        backend = choose_backend(args.backend, argv)
+        from siamese_k3.backend import quiet_framework_logs
 
-        if os.environ.get("SIAMESE_K3_DEBUG"):  # whole tracebacks, keras' frames included
+        quiet_framework_logs(backend)  # before keras (and a bystander tensorflow) is imported
+        _show_logs()
+        if debug:  # whole tracebacks, keras' frames included
             import keras
 
             keras.config.disable_traceback_filtering()
+        return COMMANDS[args.command](args)
+    except _UsageError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGINT / SIGTERM as siamese_k3.errors.RunInterrupted
+        from siamese_k3.errors import exit_code
 
-        return getattr(runs, args.command)(args) or 0
-    except KeyboardInterrupt:
-        print("siamese-k3: interrupted", file=sys.stderr)
-        return 130
+        reason = str(error) or "interrupted"
+        resumable = " the run is left unfinished; the same command resumes it." if args.command == "train" else ""
+        print(f"siamese-k3: {reason}:{resumable}" if resumable else f"siamese-k3: {reason}", file=sys.stderr)
+        return exit_code(error)
     except Exception as error:  # one line, never a traceback (unless debugging)
-        if os.environ.get("SIAMESE_K3_DEBUG"):
+        if debug:
             raise
-        from siamese_k3.errors import SiameseK3Error
+        from siamese_k3.errors import SiameseK3Error, RunFailedError
 
-        detail = str(error) if isinstance(error, SiameseK3Error) else f"{type(error).__name__}: {error}"
+        known = isinstance(error, (SiameseK3Error, RunFailedError))
+        detail = str(error) if known else f"{type(error).__name__}: {error}"
         print(f"siamese-k3: error: {' '.join(detail.split())}", file=sys.stderr)
-        return 1 if isinstance(error, SiameseK3Error) else 2
+        return 1
 
 
 if __name__ == "__main__":

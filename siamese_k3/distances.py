@@ -6,7 +6,7 @@ shape [B, M]):
 
 - ``"squared_euclidean"``: d(x, y) = ||x - y||²
 - ``"euclidean"``:         d(x, y) = ||x - y||
-- ``"cosine"``:            d(x, y) = 1 - <x, y> / (||x|| ||y||)
+- ``"cosine"``:            d(x, y) = 1 - ⟨x, y⟩ / (||x|| ||y||)
 
 All of them compute in float32 (float16/bfloat16 inputs are upcast) and have
 finite gradients everywhere, identical embeddings included.
@@ -14,20 +14,11 @@ finite gradients everywhere, identical embeddings included.
 
 from keras import ops
 
-DISTANCES = ("euclidean", "squared_euclidean", "cosine")
+from siamese_k3.checks import DISTANCES, check_distance  # noqa: F401  (re-exported: the names live with the checks)
 
 # Norms are clamped at this value before dividing (cosine) so that a zero
 # embedding gives a finite distance of 1 instead of NaN.
 _NORM_EPSILON = 1e-12
-
-
-def check_distance(distance):
-    """Return `distance` if it names a known distance, else raise ValueError."""
-    if distance not in DISTANCES:
-        raise ValueError(
-            f"Unknown distance {distance!r}: expected one of {', '.join(DISTANCES)}."
-        )
-    return distance
 
 
 def to_float32(x):
@@ -77,7 +68,8 @@ def paired_distance(x, y, distance="euclidean"):
     """Distance between row i of `x` and row i of `y`.
 
     Args:
-        x, y: tensors of shape [B, D].
+        x: tensor of shape [B, D].
+        y: tensor of shape [B, D].
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
 
     Returns:
@@ -100,7 +92,7 @@ def paired_distance(x, y, distance="euclidean"):
 def pairwise_distance(x, y=None, distance="euclidean"):
     """Distance between every row of `x` and every row of `y` (default: `x`).
 
-    Squared euclidean is expanded as ||x||² - 2 <x, y> + ||y||², clamped at 0,
+    Squared euclidean is expanded as ||x||² - 2 ⟨x, y⟩ + ||y||², clamped at 0,
     so memory stays O(B·M) rather than O(B·M·D). When `y` is omitted the
     diagonal is exactly 0.
 

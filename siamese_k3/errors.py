@@ -1,9 +1,84 @@
-"""User-facing errors: the CLI prints their message as one line and exits non-zero."""
+"""The exceptions siamese_k3 raises on purpose, and what the CLI does with each.
+
+Plain Python, no keras. Every message is one sentence or two that says what was
+wrong (the argument, the file) and what to do.
+
+- `SiameseK3Error` (a `ValueError`): bad input a user can fix, an argument, an
+  option, a dataset or image file. Library functions also raise plain
+  `ValueError` / `TypeError` for bad arguments; ``except ValueError`` catches both.
+- `RunFolderError` (a `SiameseK3Error`): a run folder that cannot be used as
+  asked: not a run, finished (without overwrite), in use by another process,
+  unfinished with other options, or holding a damaged or missing file.
+- `RunFailedError` (a `RuntimeError`): the run started and could not finish.
+  `NonFiniteLossError` (training diverged) and `PeerTimeoutError` (a
+  data-parallel peer never answered) are its kinds; the run folder is left
+  unfinished, and the same command resumes it.
+- `RunInterrupted` (a `KeyboardInterrupt`): SIGINT or SIGTERM stopped the run;
+  the folder is left unfinished and the same command resumes it.
+
+The CLI prints each as one line, ``siamese-k3: error: ...``, and exits with
+`exit_code`: 2 when the command line does not parse (argparse), 1 when the
+command was understood but could not run or failed, 128 + the signal number
+when interrupted (130 for Ctrl-C, 143 for SIGTERM).
+"""
+
+import signal
 
 
-class SiameseK3Error(Exception):
-    """Bad input a user can fix (a missing file, a wrong argument); the message says how."""
+class SiameseK3Error(ValueError):
+    """Bad input a user can fix (a wrong argument, a missing or unreadable file); the message says how."""
 
 
-class NonFiniteLossError(SiameseK3Error, ArithmeticError):
+class RunFolderError(SiameseK3Error):
+    """A run folder that cannot be used as asked; the message names the folder or file and the choices."""
+
+
+class RunFailedError(RuntimeError):
+    """A run that started and could not finish; its folder is left unfinished (the same command resumes)."""
+
+
+class NonFiniteLossError(RunFailedError, ArithmeticError):
     """Training produced a NaN or inf loss; the message gives the epoch, the step and likely causes."""
+
+
+class PeerTimeoutError(RunFailedError, TimeoutError):
+    """Data-parallel processes did not all arrive within the timeout (``DataParallel(timeout_seconds=...)``,
+    the CLI's --collective-timeout)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training was stopped by a signal (`siamese_k3.interrupts.stop_on_signals`).
+
+    A `KeyboardInterrupt`, so ``except KeyboardInterrupt`` treats it as Ctrl-C.
+
+    Attributes:
+        signal: the signal number (`signal.SIGINT`, `signal.SIGTERM`, ...).
+        name: its name, e.g. ``"SIGTERM"``.
+        exit_code: what a command line exits with: 128 + the signal number (130, 143).
+    """
+
+    def __init__(self, signum=signal.SIGINT):
+        self.signal = int(signum)
+        self.name = signal_name(signum)
+        self.exit_code = 128 + self.signal
+        super().__init__(f"stopped by {self.name}")
+
+    def __reduce__(self):
+        return type(self), (self.signal,)
+
+
+def signal_name(signum):
+    """``"SIGINT"`` for `signal.SIGINT`; ``"signal 42"`` for a number without a name."""
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {int(signum)}"
+
+
+def exit_code(error):
+    """The CLI's exit status for `error`: 128 + signal when interrupted, 1 otherwise (argparse exits 2 itself)."""
+    if isinstance(error, RunInterrupted):
+        return error.exit_code
+    if isinstance(error, KeyboardInterrupt):
+        return 128 + signal.SIGINT
+    return 1

@@ -5,17 +5,18 @@
   threshold, ROC AUC.
 - `retrieval_metrics`: every item queries all the others, the protocol of
   Musgrave et al. 2020, "A Metric Learning Reality Check": precision@1,
-  R-precision, MAP@R, recall@k.
+  R-precision, MAP@R, recall@k; the neighbours come from
+  `siamese_k3.index`'s exact search, in chunks.
 - `raw_pixel_baseline`: the same retrieval metrics on raw pixels, the number
   a trained embedding has to beat.
 """
 
 import numpy as np
 
-from siamese_k3.distances import DISTANCES
+from siamese_k3.checks import check_distance
 from siamese_k3.errors import SiameseK3Error
+from siamese_k3.index import as_float_array, iter_exact_search, normalize_rows
 
-_NORM_EPSILON = 1e-12
 STATISTICS = ("count", "mean", "std", "min", "25%", "50%", "75%", "max")
 
 
@@ -132,30 +133,12 @@ def _roc_auc(scores, positive):
     return float(u_statistic / (n_positive * n_negative))
 
 
-def _check_distance(distance):
-    if distance not in DISTANCES:
-        raise SiameseK3Error(
-            f"Unknown distance {distance!r}: expected one of {', '.join(DISTANCES)}."
-        )
-
-
-def _as_float(array):
-    """float32 stays float32 (fast matmul); everything else becomes float64."""
-    array = np.asarray(array)
-    return array if array.dtype == np.float32 else array.astype(np.float64)
-
-
-def _normalize(x):
-    norm = np.sqrt(np.sum(x * x, axis=-1, keepdims=True))
-    return x / np.maximum(norm, _NORM_EPSILON)
-
-
 def paired_distances(x, y, distance="euclidean"):
     """Distance between row i of `x` and row i of `y`, shape [B]; as in `siamese_k3.distances`."""
-    _check_distance(distance)
-    x, y = _as_float(x), _as_float(y)
+    check_distance(distance)
+    x, y = as_float_array(x), as_float_array(y)
     if distance == "cosine":
-        return 1.0 - np.sum(_normalize(x) * _normalize(y), axis=-1)
+        return 1.0 - np.sum(normalize_rows(x) * normalize_rows(y), axis=-1)
     squared = np.sum((x - y) ** 2, axis=-1)
     return squared if distance == "squared_euclidean" else np.sqrt(squared)
 
@@ -163,20 +146,20 @@ def paired_distances(x, y, distance="euclidean"):
 def pairwise_distances(x, y=None, distance="euclidean"):
     """Distance between every row of `x` [B, D] and every row of `y` [M, D] (default `x`): [B, M].
 
-    - ``"squared_euclidean"``: ||x - y||², expanded as ||x||² - 2 <x, y> + ||y||²,
+    - ``"squared_euclidean"``: ||x - y||², expanded as ||x||² - 2 ⟨x, y⟩ + ||y||²,
       clamped at 0;
     - ``"euclidean"``: its square root;
-    - ``"cosine"``: 1 - <x, y> / (||x|| ||y||), norms clamped at 1e-12.
+    - ``"cosine"``: 1 - ⟨x, y⟩ / (||x|| ||y||), norms clamped at 1e-12.
 
     float32 inputs compute in float32, anything else in float64. When `y`
     is omitted the diagonal is exactly 0.
     """
-    _check_distance(distance)
-    x = _as_float(x)
+    check_distance(distance)
+    x = as_float_array(x)
     same = y is None
-    y = x if same else _as_float(y)
+    y = x if same else as_float_array(y)
     if distance == "cosine":
-        result = 1.0 - _normalize(x) @ _normalize(y).T
+        result = 1.0 - normalize_rows(x) @ normalize_rows(y).T
     else:
         result = np.sum(x * x, axis=1)[:, None] - 2.0 * (x @ y.T) + np.sum(y * y, axis=1)[None, :]
         np.maximum(result, 0.0, out=result)
@@ -185,7 +168,7 @@ def pairwise_distances(x, y=None, distance="euclidean"):
     return np.sqrt(result) if distance == "euclidean" else result
 
 
-def retrieval_metrics(embeddings, labels, distance="euclidean", ks=(1, 5, 10), chunk_size=1024):
+def retrieval_metrics(embeddings, labels, distance="euclidean", ks=(1, 5, 10), chunk_size=None):
     """Leave-one-out retrieval, as in Musgrave et al. 2020 "A Metric Learning Reality Check".
 
     Every item is a query; its references are all the other items (the query
@@ -200,18 +183,20 @@ def retrieval_metrics(embeddings, labels, distance="euclidean", ks=(1, 5, 10), c
     - ``map_at_r``       = (1/R) Σ_{i=1..R} P(i) rel(i), with P(i) = (1/i) Σ_{j<=i} rel(j);
     - ``recall_at_{k}``  = 1 if some rel(i) = 1 for i <= k, else 0, for each k in `ks`.
 
-    ``num_queries`` is the number of queries averaged over. Queries run in
-    chunks of `chunk_size` rows, so memory is O(chunk_size · N); per chunk
-    only the nearest max(R, max ks) references are sorted (argpartition, then
-    a sort by (distance, index)). "euclidean" ranks by the squared distance
-    (the same order). float32 embeddings are ranked in float32, anything else
-    in float64; k beyond N - 1 counts as N - 1.
+    ``num_queries`` is the number of queries averaged over. The neighbours
+    come from the similarity index's exact search
+    (`siamese_k3.index.iter_exact_search`, numpy): queries run in chunks of
+    `chunk_size` rows (default: as many as keep a chunk near 16 M distances,
+    at most 1024), so memory is O(chunk_size · N); per chunk only the
+    nearest max(R, max ks) references are sorted, by (distance, index). "euclidean" ranks by the squared distance (the
+    same order). float32 embeddings are ranked in float32, anything else in
+    float64; k beyond N - 1 counts as N - 1.
 
     Example:
         >>> retrieval_metrics(backbone.predict(x_test), y_test)["map_at_r"]
     """
-    _check_distance(distance)
-    embeddings = _as_float(embeddings)
+    check_distance(distance)
+    embeddings = as_float_array(embeddings)
     labels = np.asarray(labels).ravel()
     if embeddings.ndim != 2 or len(embeddings) != len(labels):
         raise SiameseK3Error(
@@ -223,63 +208,24 @@ def retrieval_metrics(embeddings, labels, distance="euclidean", ks=(1, 5, 10), c
             "retrieval_metrics: embeddings hold NaN or inf; check the model's outputs."
         )
     ks = tuple(int(k) for k in ks)
-    if any(k < 1 for k in ks) or int(chunk_size) < 1:
+    if any(k < 1 for k in ks) or (chunk_size is not None and int(chunk_size) < 1):
         raise SiameseK3Error(
             f"retrieval_metrics: ks and chunk_size must be positive, got {ks}, {chunk_size}."
         )
     _, class_of, counts = np.unique(labels, return_inverse=True, return_counts=True)
     relevant = counts[class_of] - 1  # R of each query
-    references = _ranking_references(embeddings, distance)
     keys = ["precision_at_1", "r_precision", "map_at_r"] + [f"recall_at_{k}" for k in ks]
     totals = dict.fromkeys(keys, 0.0)
     queries = np.flatnonzero(relevant > 0)
-    for start in range(0, len(queries), int(chunk_size)):
-        chunk = queries[start:start + int(chunk_size)]
-        neighbours = _nearest(references, chunk, max(relevant[chunk].max(), max(ks)))
+    depths = np.minimum(np.maximum(relevant[queries], max(ks)), len(labels) - 1)
+    chunks = iter_exact_search(embeddings[queries], embeddings, depths, distance, exclude=queries, chunk_size=chunk_size)
+    for rows, _, neighbours in chunks:
+        chunk = queries[rows]
         _accumulate(totals, class_of[neighbours] == class_of[chunk][:, None], relevant[chunk], ks)
     count = len(queries)
     result = {key: float(value) / count if count else float("nan") for key, value in totals.items()}
     result["num_queries"] = count
     return result
-
-
-def _ranking_references(embeddings, distance):
-    """(queries, matrix, offsets) with score(q, y) = queries[q] @ matrix[:, y] + offsets[y].
-
-    The score orders the references of each query as the distance does:
-    ||y||² - 2 <q, y> is the squared euclidean distance less ||q||², and
-    -<q̂, ŷ> the cosine distance less 1.
-    """
-    if distance == "cosine":
-        embeddings = _normalize(embeddings)
-        offsets = np.zeros(len(embeddings), embeddings.dtype)
-        return embeddings, np.ascontiguousarray(-embeddings.T), offsets
-    offsets = np.sum(embeddings * embeddings, axis=1)
-    return embeddings, np.ascontiguousarray(-2.0 * embeddings.T), offsets
-
-
-def _nearest(references, queries, depth):
-    """Indices [Q, depth'] of each query's nearest other items, sorted by (distance, index)."""
-    embeddings, matrix, offsets = references
-    n = len(embeddings)
-    depth = min(int(depth), n - 1)
-    scores = embeddings[queries] @ matrix
-    scores += offsets
-    scores[np.arange(len(queries)), queries] = np.inf  # the query itself comes last
-    candidates = np.argpartition(scores, depth - 1, axis=1)[:, :depth]
-    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    order = np.argsort(candidate_scores, axis=1)
-    neighbours = np.take_along_axis(candidates, order, axis=1)
-    sorted_scores = np.take_along_axis(candidate_scores, order, axis=1)
-    # Rows with equal scores (among the candidates, or one left out at the cut in
-    # favour of a higher index) are re-ranked by (score, index); they are rare.
-    kth = sorted_scores[:, -1:]
-    tied = np.any(sorted_scores[:, 1:] == sorted_scores[:, :-1], axis=1)
-    tied |= np.count_nonzero(scores <= kth, axis=1) > depth
-    for row in np.flatnonzero(tied):
-        within = np.flatnonzero(scores[row] <= kth[row])
-        neighbours[row] = within[np.argsort(scores[row, within], kind="stable")[:depth]]
-    return neighbours
 
 
 def _accumulate(totals, hits, relevant, ks):

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 
-from siamese_k3.errors import SiameseK3Error
+from siamese_k3.errors import RunFolderError
 
 LOCK_NAME = ".lock"
 
@@ -26,13 +26,14 @@ LOCK_NAME = ".lock"
 def atomic_path(path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
-    The temporary name keeps the extension (``.keras`` savers insist on it):
-    ``DIR/.NAME.partial-PID.EXT``.
+    The temporary name keeps the whole extension (keras' savers insist on
+    ``.keras`` and ``.weights.h5``): ``DIR/.STEM.partial-PID.EXT`` for
+    ``DIR/STEM.EXT``, where EXT is everything after the first dot.
     """
     path = os.fspath(path)
     folder, name = os.path.split(path)
-    stem, extension = os.path.splitext(name)
-    temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{extension}")
+    stem, dot, extension = name.partition(".")
+    temporary = os.path.join(folder, f".{stem}.partial-{os.getpid()}{dot}{extension}")
     try:
         yield temporary
         os.replace(temporary, path)
@@ -61,7 +62,7 @@ class RunLock:
     """Exclusive lock on a run folder, for one writer at a time (a context manager).
 
     ``with RunLock(out): ...`` creates `out` if needed and locks ``out/.lock``;
-    a second process asking for the same folder gets a `SiameseK3Error` at once,
+    a second process asking for the same folder gets a `RunFolderError` at once,
     naming the process that holds it (its pid, host, start time and command line,
     written into the lock file). The OS drops the lock when the holder exits or
     is killed, so a crash never leaves the folder stuck.
@@ -81,7 +82,7 @@ class RunLock:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise SiameseK3Error(
+            raise RunFolderError(
                 f"{self.folder} is in use by {holder}: wait for it to finish (or stop it), "
                 "or choose another --out."
             ) from None

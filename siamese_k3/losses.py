@@ -51,7 +51,9 @@ def triplet_loss(anchor, positive, negative, margin=1.0, distance="euclidean", s
         loss_i = softplus(d(a_i, p_i) - d(a_i, n_i))      (soft=True, m unused)
 
     Args:
-        anchor, positive, negative: embeddings [B, D], any float dtype.
+        anchor: embeddings [B, D] (a_i), any float dtype.
+        positive: embeddings [B, D] (p_i), any float dtype.
+        negative: embeddings [B, D] (n_i), any float dtype.
         margin: m, a float.
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
         soft: use the soft margin.
@@ -211,7 +213,7 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
 
 
 def fraction_positive_triplets(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
-    """#{valid triplets with relu(d(a,p) - d(a,n) + m) > 0} / #{valid triplets}; 0.0 when none are valid."""
+    """The fraction #{valid triplets with relu(d(a,p) - d(a,n) + m) > 0} / #{valid triplets}; 0.0 when none are valid."""
     _, num_positive, num_valid = _batch_all_terms(labels, embeddings, margin, distance, normalize)
     return _keep_non_finite(num_positive / ops.maximum(num_valid, 1.0), _sum(embeddings))
 

@@ -5,7 +5,7 @@ import numpy as np
 from keras import ops
 
 from siamese_k3.backend import distributed
-from siamese_k3.backend.fast_path import enabled_by_environment, path_of
+from siamese_k3.backend.fast_path import enabled_by_environment, path_of, progress_bar_callbacks
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
@@ -127,11 +127,17 @@ class _FastModel(keras.Model):
     def evaluate(self, *args, **kwargs):
         callbacks = kwargs.get("callbacks", args[6] if len(args) > 6 else None)  # keras' 7th parameter
         with self._training_path().execution_scope(self, callbacks):
+            if len(args) <= 6:  # the progress bar counts at most the steps there are
+                verbose = kwargs.get("verbose", args[3] if len(args) > 3 else "auto")
+                kwargs["callbacks"] = progress_bar_callbacks(self, callbacks, verbose, history=False)
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
         callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)  # keras' 5th parameter
         with self._training_path().execution_scope(self, callbacks):
+            if len(args) <= 4:
+                verbose = kwargs.get("verbose", args[2] if len(args) > 2 else "auto")
+                kwargs["callbacks"] = progress_bar_callbacks(self, callbacks, verbose, history=False)
             return super().predict(*args, **kwargs)
 
     def _fit_input(self, x, y, fit_kwargs):

@@ -40,6 +40,7 @@ replica, which must divide evenly. What the replicas compute together:
 """
 
 from siamese_k3.backend import distributed
+from siamese_k3.backend.distributed import PeerTimeoutError  # noqa: F401 (raised by DataParallel)
 
 
 class DataParallel:
@@ -51,11 +52,18 @@ class DataParallel:
         replicas: the number of devices the global batch is split over.
 
     Args:
-        timeout_seconds: how long a collective waits for the other processes
-            before failing (so a dead worker ends the run instead of hanging it).
+        timeout_seconds: how long the startup waits for the other processes, and
+            a collective for its peers, before failing (so a worker that never
+            starts, or dies, ends the run instead of hanging it).
 
     Raises:
+        PeerTimeoutError: (a RuntimeError, one line) the other processes did not
+            all start within `timeout_seconds` (jax, tensorflow; torch raises
+            its own `torch.distributed.DistStoreError`).
         RuntimeError: on torch outside ``torchrun``.
+
+    SIGINT and SIGTERM stop the startup's wait (a `KeyboardInterrupt`, or
+    `siamese_k3.interrupts.RunInterrupted` inside `stop_on_signals`).
     """
 
     def __init__(self, timeout_seconds=600):

@@ -1,4 +1,4 @@
-"""Plots of training and of embeddings, written straight to PNG files.
+"""Plots of training, of embeddings and of searches (calibration curves, neighbour sheets), written straight to PNG files.
 
 Built on matplotlib's object-oriented `Figure` API (rendered by the Agg
 canvas), never on `pyplot`: no display is needed, the global matplotlib
@@ -226,3 +226,90 @@ def _class_name(label, class_names):
         return str(class_names[label.item() if hasattr(label, "item") else label])
     except (IndexError, KeyError, TypeError):
         return str(label)
+
+
+def plot_calibration(thresholds, precisions, recalls, f1s, path, threshold=None, title="Calibration"):
+    """Precision, recall and F1 (y, 0 to 1) against the distance threshold (x), the chosen `threshold` dashed.
+
+    The curves of `siamese_k3.calibration`: a pair is "same" iff its distance <= the threshold.
+    """
+    curves = [np.asarray(values, dtype=float).reshape(-1) for values in (thresholds, precisions, recalls, f1s)]
+    if len({curve.size for curve in curves}) != 1 or curves[0].size == 0:
+        raise SiameseK3Error(
+            "plot_calibration needs thresholds, precisions, recalls and f1s of one length (> 0); got "
+            + ", ".join(str(curve.size) for curve in curves) + "."
+        )
+    figure = _new_figure(6, 4)
+    axes = figure.add_subplot()
+    for name, values in zip(("precision", "recall", "F1"), curves[1:]):
+        axes.plot(curves[0], values, label=name)
+    if threshold is not None:
+        axes.axvline(float(threshold), color="black", linestyle="--", linewidth=1, label=f"threshold {float(threshold):.4g}")
+    axes.set_xlabel("distance threshold (same iff distance <= threshold)")
+    axes.set_ylim(-0.02, 1.02)
+    axes.set_title(title, fontsize="medium")
+    axes.grid(True)
+    axes.legend(loc="best", fontsize="small")
+    return _save(figure, path)
+
+
+WRONG_LABEL_COLOUR = "red"
+
+
+def plot_neighbours(query_images, neighbour_images, path, query_labels=None, neighbour_labels=None, distances=None,
+                    count=8):  # fmt: skip
+    """A contact sheet: one row per query, the query image then its k neighbour images, nearest first.
+
+    A neighbour whose label differs from its query's is framed in red (`WRONG_LABEL_COLOUR`);
+    titles give the labels and, when `distances` are given, each neighbour's distance.
+
+    Args:
+        query_images: [Q, ...] images (as `plot_triplets` takes them: grey or RGB, uint8 or float).
+        neighbour_images: [Q, k, ...] images, e.g. ``gallery_images[result.indices]``.
+        query_labels: optional [Q] labels of the queries.
+        neighbour_labels: optional [Q, k] labels of the neighbours (``result.labels``).
+        distances: optional [Q, k] (``result.distances``).
+        count: at most this many queries (the first ones).
+    """
+    queries = np.asarray(query_images)
+    neighbours = np.asarray(neighbour_images)
+    if neighbours.ndim < 3 or len(neighbours) != len(queries) or neighbours.shape[1] < 1:
+        raise SiameseK3Error(
+            "plot_neighbours needs neighbour_images [Q, k, ...] for query_images [Q, ...]; got "
+            f"{neighbours.shape} for {queries.shape}."
+        )
+    rows, k = min(int(count), len(queries)), neighbours.shape[1]
+    if rows < 1:
+        raise SiameseK3Error("plot_neighbours has nothing to show: no queries or count < 1.")
+    labelled = query_labels is not None and neighbour_labels is not None
+    if labelled:
+        query_labels = np.asarray(query_labels).reshape(-1)
+        neighbour_labels = np.asarray(neighbour_labels).reshape(len(neighbours), k)
+    figure = _new_figure(1.4 * (k + 1), 1.6 * rows)
+    grid = figure.subplots(rows, k + 1, squeeze=False)
+    for row in range(rows):
+        for column in range(k + 1):
+            axes = grid[row][column]
+            image = _displayable(queries[row] if column == 0 else neighbours[row, column - 1])
+            axes.imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0.0, vmax=1.0)
+            axes.set_xticks([])
+            axes.set_yticks([])
+            for spine in axes.spines.values():
+                spine.set_visible(False)
+            caption = []
+            if column == 0:
+                caption.append("query")
+                if labelled:
+                    caption.append(str(query_labels[row]))
+            else:
+                if labelled:
+                    caption.append(str(neighbour_labels[row, column - 1]))
+                    if neighbour_labels[row, column - 1] != query_labels[row]:
+                        for spine in axes.spines.values():
+                            spine.set_visible(True)
+                            spine.set_edgecolor(WRONG_LABEL_COLOUR)
+                            spine.set_linewidth(4)
+                if distances is not None:
+                    caption.append(f"{float(np.asarray(distances)[row, column - 1]):.3g}")
+            axes.set_title(" ".join(caption), fontsize="small")
+    return _save(figure, path)

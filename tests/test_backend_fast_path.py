@@ -146,3 +146,63 @@ def test_evaluate_and_predict_hooks_see_every_batch():
                   callbacks=[keras.callbacks.LambdaCallback(on_predict_batch_end=lambda b, logs: calls.append(-b))])
     assert calls == [0, 1, 2, 3, 0, -1, -2, -3]
     assert model.steps_per_execution == (1 if keras.backend.backend() == "torch" else 32)
+
+
+def _progress_bar_counts(**compile_kwargs):
+    """(steps done, steps in the epoch) of every update of a 7-step epoch's progress bar, and the fit's history.
+
+    The bar's own updates, not what it prints: it prints at most one update in 0.05 s.
+    """
+    model, (x, y) = _mining_model(), _labelled()
+    if compile_kwargs:
+        model.compile(optimizer="adam", loss=model.loss, **compile_kwargs)
+    progbar = keras.utils.Progbar
+    with mock.patch.object(progbar, "update", autospec=True, side_effect=progbar.update) as update:
+        history = model.fit(x[:56], y[:56], batch_size=8, epochs=2, verbose=1)
+    return [(call.args[1], call.args[0].target) for call in update.call_args_list], history
+
+
+def test_the_progress_bar_counts_no_step_past_the_epoch():
+    """7 steps at 32 per execution: keras' own bar would count 32/7 (and show a negative ETA)."""
+    counts, history = _progress_bar_counts()
+    assert counts and all(total == 7 and 1 <= done <= 7 for done, total in counts), counts
+    assert len(history.history["loss"]) == 2  # keras' History still fills the History fit returns
+
+
+def test_evaluate_and_predict_progress_bars_count_no_step_past_the_end():
+    model, (x, y) = _mining_model(), _labelled()
+    progbar = keras.utils.Progbar
+    with mock.patch.object(progbar, "update", autospec=True, side_effect=progbar.update) as update:
+        model.evaluate(x[:56], y[:56], batch_size=8, verbose=1)
+        model.predict(x[:56], batch_size=8, verbose=1)
+    counts = [(call.args[1], call.args[0].target) for call in update.call_args_list]
+    assert counts and all(total == 7 and 1 <= done <= 7 for done, total in counts), counts
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="keras on torch runs one step per execution")
+def test_a_chosen_steps_per_execution_keeps_keras_progress_bar():
+    """steps_per_execution=4 is the user's: keras' own bar, which counts the last execution whole (8/7)."""
+    counts, _ = _progress_bar_counts(steps_per_execution=4)
+    assert (8, 7) in counts
+
+
+def test_progress_bar_callbacks_only_for_the_fast_paths_own_steps():
+    model = _mining_model()
+    user = [keras.callbacks.LambdaCallback()]
+    listed = fast_path.progress_bar_callbacks(model, user, verbose="auto")
+    if model.steps_per_execution == 1:  # torch: one step per execution, keras' own bar
+        assert listed is user
+        return
+    assert [type(callback) for callback in listed] == [
+        keras.callbacks.LambdaCallback, keras.callbacks.History, fast_path.EpochProgbarLogger
+    ]  # keras' order
+    assert listed[0] is user[0] and len(user) == 1
+    evaluating = fast_path.progress_bar_callbacks(model, None, verbose=1, history=False)  # evaluate, predict
+    assert [type(callback) for callback in evaluating] == [fast_path.EpochProgbarLogger]
+    assert fast_path.progress_bar_callbacks(model, user, verbose=0) is user
+    own_bar = [keras.callbacks.ProgbarLogger()]
+    assert fast_path.progress_bar_callbacks(model, own_bar, verbose=1) is own_bar
+    keras_list = keras.callbacks.CallbackList()
+    assert fast_path.progress_bar_callbacks(model, keras_list, verbose=1) is keras_list
+    model.compile(optimizer="adam", loss=model.loss, steps_per_execution=32)  # the user's choice
+    assert fast_path.progress_bar_callbacks(model, user, verbose=1) is user

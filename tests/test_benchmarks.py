@@ -14,7 +14,7 @@ import keras
 import pytest
 
 from benchmarks import check_native, profile_fit, train_core
-from benchmarks.tools import concat_vs_three, losses
+from benchmarks.tools import concat_vs_three, losses, search
 
 pytestmark = pytest.mark.bench_smoke
 BACKEND = keras.backend.backend()
@@ -64,6 +64,20 @@ def test_concat_vs_three(tmp_path):
     argv = ["--backends", BACKEND, "--steps", "2", "--epochs", "1", "--repeats", "1", "--out", str(out)]
     assert concat_vs_three.main(argv) == 0
     assert len(json.loads(out.read_text())) == 1
+
+
+def test_search_table(tmp_path):
+    out = tmp_path / "search.json"
+    argv = ["--sizes", "600", "--dim", "8", "--clusters", "6", "--queries", "40", "--brute-force-queries", "10",
+            "--repeats", "1", "--retrieval-items", "300", "--out", str(out)]  # fmt: skip
+    assert search.main(argv) == 0
+    rows = json.loads(out.read_text())
+    by_search = {row.get("search", "retrieval"): row for row in rows}
+    assert by_search["exact, numpy chunks"]["equal"] == 1.0  # the chunked search finds the brute force's neighbours
+    assert by_search["retrieval"]["items"] == 300
+    if "skipped" not in by_search["hnsw"]:
+        assert by_search["exact, faiss flat"]["recall"] == 1.0 and by_search["hnsw"]["recall"] > 0.5
+    assert "python -m benchmarks.tools.search" in out.with_suffix(".md").read_text()
 
 
 def test_profile_fit(capsys):

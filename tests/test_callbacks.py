@@ -27,6 +27,34 @@ def test_nan_input_stops_at_its_step(rng):
         _mining_fit(images)
 
 
+
+def test_the_step_of_a_longer_execution_is_clipped_to_the_epoch():
+    """keras numbers an execution of 32 steps 0-31 even in a 4-step epoch: the message names steps 1-4."""
+    callback = StopOnNonFiniteLoss()
+    callback.set_params({"verbose": 0, "epochs": 2, "steps": 4})
+    callback.on_epoch_begin(1)
+    callback.on_train_batch_begin(0)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 2, steps 1-4\. "):
+        callback.on_train_batch_end(31, {"loss": float("nan")})
+    callback.on_train_batch_begin(32)  # an epoch of unknown length: the execution's own steps
+    callback.set_params({"verbose": 0, "epochs": 2, "steps": None})
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, steps 33-64\. "):
+        callback.on_train_batch_end(63, {"loss": float("inf")})
+    callback.on_train_batch_begin(2)
+    with pytest.raises(NonFiniteLossError, match=r"at epoch 2, step 3\. "):
+        callback.on_train_batch_end(2, {"loss": float("nan")})
+
+
+@pytest.mark.skipif(keras.backend.backend() == "torch", reason="keras on torch runs one step per execution")
+def test_nan_in_a_four_step_epoch_at_32_steps_per_execution(rng):
+    images = rng.normal(size=(32, 6)).astype("float32")
+    images[17] = np.nan  # in the third batch of 8: keras shows the loss once, after the epoch's 4 steps
+    model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(4)])
+    model.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2), steps_per_execution=32)
+    with pytest.raises(NonFiniteLossError, match=r"loss became nan at epoch 1, steps 1-4\. "):
+        model.fit(images, np.arange(32) % 4, batch_size=8, epochs=2, shuffle=False, verbose=0,
+                  callbacks=[StopOnNonFiniteLoss()])
+
 def test_nothing_after_it_sees_the_bad_step(rng):
     images = rng.normal(size=(32, 6)).astype("float32")
     images[30] = np.inf

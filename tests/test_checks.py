@@ -62,3 +62,21 @@ def test_backend_tensors_are_checked_by_dtype_and_static_shape():
     check_labels(keras.ops.cast(keras.ops.arange(16), "float32"), embeddings)  # as keras' Loss passes them
     with pytest.raises(ValueError, match="10 entries but embeddings has 16 rows"):
         check_labels(keras.ops.arange(10), embeddings)
+
+
+@pytest.mark.parametrize("value, minimum, maximum", [(0, 1, None), (2.5, 0, None), (True, 0, None), ("3", 0, None),
+                                                     (-1, 0, 2**32 - 1), (2**32, 0, 2**32 - 1)])
+def test_check_integer_refuses_what_is_not_a_whole_number_in_range(value, minimum, maximum):
+    from siamese_k3.checks import check_integer
+
+    with pytest.raises(ValueError, match=f"count must be .*, got {value!r}"):
+        check_integer(value, "count", minimum, maximum)
+
+
+def test_check_integer_accepts_whole_numbers_and_check_seed_draws_one_when_none():
+    from siamese_k3.checks import check_integer, check_seed
+
+    assert check_integer(3.0, "count", 1) == 3 and type(check_integer(np.int64(4), "count")) is int
+    seeds = {check_seed(None) for _ in range(5)}
+    assert len(seeds) > 1 and all(0 <= seed < 2**32 for seed in seeds)
+    assert check_seed(7) == 7

@@ -1,4 +1,4 @@
-"""siamese_k3.cli and siamese_k3.runs: short end-to-end runs, the run folder, one-line errors."""
+"""siamese_k3.cli and what it calls (training, the run folder): short end-to-end runs, the run folder, one-line errors."""
 
 import json
 import os
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_k3 import cli, runs
+from siamese_k3 import callbacks, cli, training
 from siamese_k3.data import write_idx
 from siamese_k3.data.datasets import IDX_FILES
 from siamese_k3.evaluation import retrieval_metrics
@@ -69,7 +69,7 @@ def test_train_writes_the_whole_run_folder(labelled_run, capsys):
 
 
 def cli_run_files():
-    from siamese_k3.runs import RUN_FILES
+    from siamese_k3.run_folder import RUN_FILES
 
     return RUN_FILES
 
@@ -165,20 +165,21 @@ def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys)
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
             "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
-    original = runs.BackupAndRestore  # keras' BackupAndRestore, as the run folder's checkpoint uses it
+    original = callbacks.RunCheckpoint  # the run folder's checkpoint
     started_at = []
 
     class KilledAfterFirstEpoch(original):
-        def on_train_begin(self, logs=None):
-            super().on_train_begin(logs)
-            started_at.append(self.model._initial_epoch or 0)
+        def restore(self, metadata):
+            epoch = super().restore(metadata)
+            started_at.append(epoch)
+            return epoch
 
         def on_epoch_end(self, epoch, logs=None):
             super().on_epoch_end(epoch, logs)
             if len(started_at) == 1:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(runs, "BackupAndRestore", KilledAfterFirstEpoch)
+    monkeypatch.setattr(training, "RunCheckpoint", KilledAfterFirstEpoch)
     assert cli.main(args) == 130
     assert (tmp_path / "r" / "backup").is_dir() and not (tmp_path / "r" / "metrics.json").exists()
     assert cli.main(args) == 0
@@ -418,14 +419,12 @@ class _NaNWhereLabelsAreNaN(keras.losses.Loss):
 
 def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_path, monkeypatch, capsys):
     """A NaN loss in epoch 2 of 3 stops the run; the rerun resumes at epoch 2 and finishes finite."""
-    from siamese_k3 import runs
-
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
             "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
     epochs_ended = []
 
-    class PoisonedOnce(runs.ClassBalancedBatches):
+    class PoisonedOnce(training.ClassBalancedBatches):
         """The training batches of epoch 2 carry NaN labels (the epoch count, not the batch count,
         says when: how many batches keras reads ahead differs between backends and settings)."""
 
@@ -441,9 +440,9 @@ def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_
                 labels = np.full(labels.shape, np.nan, "float32")
             return images, labels
 
-    real_get = runs.losses.get
-    monkeypatch.setattr(runs, "ClassBalancedBatches", PoisonedOnce)
-    monkeypatch.setattr(runs.losses, "get", lambda *args, **kwargs: _NaNWhereLabelsAreNaN(real_get(*args, **kwargs)))
+    real_get = training.losses.get
+    monkeypatch.setattr(training, "ClassBalancedBatches", PoisonedOnce)
+    monkeypatch.setattr(training.losses, "get", lambda *args, **kwargs: _NaNWhereLabelsAreNaN(real_get(*args, **kwargs)))
     assert cli.main(args) == 1
     monkeypatch.undo()  # the rerun trains on the real data with the real loss
     error = capsys.readouterr().err

@@ -201,6 +201,17 @@ def test_load_from_debian_dir(isolated):
     assert_same_data(load_dataset("fashion-mnist", download=False), data)
 
 
+def test_a_data_dir_without_the_dataset_is_an_error_not_a_fall_back(isolated):
+    """Issue 24: --data-dir pointing at an empty folder used to train on the system copy without a word."""
+    write_split(isolated / "debian", fake_split(3))  # a copy elsewhere, which must not be used
+    (isolated / "mine").mkdir()
+    with pytest.raises(DatasetNotFoundError) as caught:
+        load_dataset("fashion_mnist", data_dir=isolated / "mine", download=False)
+    message = str(caught.value)
+    assert f"--data-dir {isolated / 'mine'} holds no fashion_mnist dataset" in message
+    assert str(isolated / "debian") not in message and "\n" not in message
+
+
 def test_download_fallback(isolated, monkeypatch):
     data = fake_split(9)
     monkeypatch.setattr(keras.datasets.mnist, "load_data", lambda: data)
@@ -212,14 +223,11 @@ def test_download_fallback(isolated, monkeypatch):
 
 def test_not_found_lists_every_place(isolated, monkeypatch):
     monkeypatch.setenv("SIAMESE_K3_DATA", str(isolated / "env"))
-    (isolated / "mine").mkdir()
     with pytest.raises(DatasetNotFoundError) as caught:
-        load_dataset("fashion_mnist", data_dir=isolated / "mine", download=False)
+        load_dataset("fashion_mnist", download=False)
     message = str(caught.value)
     assert isinstance(caught.value, SiameseK3Error)
     for place in [
-        isolated / "mine",
-        isolated / "mine" / "fashion_mnist",
         isolated / "env",
         isolated / "env" / "fashion-mnist",
         isolated / "home" / ".keras" / "datasets" / "fashion-mnist",

@@ -93,6 +93,67 @@ def test_epochs_and_seeds_differ(dataset):
     np.testing.assert_array_equal(unseeded.batch_indices(1), unseeded.batch_indices(1))
 
 
+
+def _epoch_batches(batches):
+    return [batches.batch_indices(index) for index in range(len(batches))]
+
+
+@pytest.mark.parametrize("epoch", [0, 1, 3])
+def test_a_sampler_started_at_epoch_n_gives_the_uninterrupted_epoch_n(dataset, epoch):
+    """Started at epoch n (argument or set_epoch), the batches of epoch n and after are the uninterrupted ones."""
+    x, labels = dataset
+    uninterrupted = ClassBalancedBatches(x, labels, 3, 4, seed=5)
+    expected = []
+    for _ in range(epoch + 2):
+        expected.append(_epoch_batches(uninterrupted))
+        uninterrupted.on_epoch_end()
+    for started in (
+        ClassBalancedBatches(x, labels, 3, 4, seed=5, initial_epoch=epoch),
+        _set_epoch(ClassBalancedBatches(x, labels, 3, 4, seed=5), epoch),
+    ):
+        assert started.epoch == epoch
+        for batches in expected[epoch:]:
+            np.testing.assert_array_equal(_epoch_batches(started), batches)
+            started.on_epoch_end()
+
+
+def _set_epoch(batches, epoch):
+    batches.set_epoch(epoch)
+    return batches
+
+
+class _Recorded(ClassBalancedBatches):
+    """Records the rows of every batch `fit` reads, under the fit epoch `reading` names (None before the first)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.reading, self.read = None, []
+
+    def __getitem__(self, index):
+        self.read.append((self.reading, index, self.batch_indices(index).tolist()))
+        return super().__getitem__(index)
+
+
+def _fit_reads(x, labels, initial_epoch, epochs):
+    """What each epoch of a fit from `initial_epoch` to `epochs` reads, the sampler started at `initial_epoch`."""
+    from siamese_k3 import MiningModel, TripletBatchAllLoss
+
+    batches = _Recorded(x, labels, 3, 4, steps_per_epoch=3, seed=5, initial_epoch=initial_epoch)
+    mark = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(batches, "reading", epoch))
+    model = MiningModel(keras.Sequential([keras.Input((2,)), keras.layers.Dense(3)]))
+    model.compile(loss=TripletBatchAllLoss(margin=0.2))
+    model.fit(batches, epochs=epochs, initial_epoch=initial_epoch, shuffle=False, verbose=0, callbacks=[mark])
+    return [entry for entry in batches.read if entry[0] is not None]
+
+
+def test_a_resumed_fit_reads_the_uninterrupted_fits_batches(dataset):
+    """keras ends an epoch of the data before the first one: the count must come out right in a resumed fit too."""
+    x, labels = dataset
+    uninterrupted = _fit_reads(x, labels, 0, 3)
+    assert [epoch for epoch, _, _ in uninterrupted] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert _fit_reads(x, labels, 1, 3) == uninterrupted[3:]
+
+
 def test_classes_are_drawn_uniformly(dataset):
     x, labels = dataset
     batches = ClassBalancedBatches(x, labels, 2, 2, steps_per_epoch=2000, seed=3)
@@ -130,7 +191,9 @@ def test_pydataset_options_pass_through(dataset):
         ({"samples_per_class": 1}, "use samples_per_class >= 2"),
         ({"labels": np.zeros(3)}, "x has 75 items but labels has 3: pass one label per item of x"),
         ({"labels": np.zeros((75, 2))}, "shape \\[N\\] or \\[N, 1\\]"),
-        ({"steps_per_epoch": 0}, "steps_per_epoch=0: pass a positive number"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive integer, got 0"),
+        ({"initial_epoch": -1}, "initial_epoch must be an integer >= 0, got -1"),
+        ({"initial_epoch": 1.5}, "initial_epoch must be an integer >= 0, got 1.5"),
     ],
 )
 def test_errors_say_what_to_do(dataset, arguments, message):

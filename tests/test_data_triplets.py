@@ -167,6 +167,30 @@ def test_triplet_batches_reproducible_per_seed_epoch_index(labels):
         first[len(first)]
 
 
+
+@pytest.mark.parametrize("epoch", [1, 3])
+def test_triplet_batches_started_at_epoch_n_give_the_uninterrupted_epoch_n(labels, epoch):
+    images = images_of(labels)
+    uninterrupted = TripletBatches(images, labels, 4, steps_per_epoch=3, seed=3)
+    expected = []
+    for _ in range(epoch + 2):
+        expected.append([np.stack(uninterrupted[index][0]) for index in range(3)])
+        uninterrupted.on_epoch_end()
+    started = TripletBatches(images, labels, 4, steps_per_epoch=3, seed=3, initial_epoch=epoch)
+    assert started.epoch == epoch
+    for batches in expected[epoch:]:
+        for index, batch in enumerate(batches):
+            np.testing.assert_array_equal(np.stack(started[index][0]), batch)
+        started.on_epoch_end()
+
+
+@pytest.mark.parametrize("epoch", [-1, 0.5, "2", True])
+def test_triplet_batches_epoch_is_a_counter(labels, epoch):
+    with pytest.raises(SiameseK3Error, match="must be an integer >= 0"):
+        TripletBatches(images_of(labels), labels, 4, initial_epoch=epoch)
+    with pytest.raises(SiameseK3Error, match="epoch must be an integer >= 0"):
+        TripletBatches(images_of(labels), labels, 4).set_epoch(epoch)
+
 def test_triplet_batches_length_mismatch(labels):
     with pytest.raises(SiameseK3Error, match="one label per image"):
         TripletBatches(np.zeros((3, 2)), labels)

@@ -17,7 +17,9 @@ import pytest
 
 from siamese_k3 import TripletSemiHardLoss
 from siamese_k3.models import standalone_embedding
-from siamese_k3.runs import build_backbone, save_model
+from siamese_k3.config import TrainConfig
+from siamese_k3.run_folder import save_model
+from siamese_k3.training import build_backbone
 
 SHAPES = {"resnet50": [32, 32, 3], "mnist_dense": [784]}
 
@@ -50,8 +52,7 @@ def saved(tmp_path_factory):
     expected = {}
     for name in BACKBONES:
         shape = SHAPES.get(name, [28, 28])
-        config = {"backbone": name, "input_shape": shape, "embedding_dim": 8}
-        backbone = build_backbone(config)
+        backbone = build_backbone(TrainConfig(backbone=name, embedding_dim=8), shape)
         backbone.compile(optimizer="adam", loss=TripletSemiHardLoss(margin=0.2))
         images = rng.uniform(0, 255, (8, *shape)).astype("float32")
         backbone.fit(images, np.arange(8) % 2, batch_size=8, epochs=1, verbose=0)
@@ -84,7 +85,7 @@ def test_plain_keras_loads_every_backbone_without_siamese_k3(saved):
 
 
 def test_it_shares_the_backbones_weights():
-    backbone = build_backbone({"backbone": "compact_cnn", "input_shape": [28, 28], "embedding_dim": 4})
+    backbone = build_backbone(TrainConfig(backbone="compact_cnn", embedding_dim=4), [28, 28])
     embedding = standalone_embedding(backbone)
     assert [id(weight) for weight in embedding.weights] == [id(weight) for weight in backbone.weights]
     assert not embedding.compiled

@@ -1,4 +1,4 @@
-"""siamese-k3 export (siamese_k3.runs.export): serving artifacts with the embedding model's numbers.
+"""siamese-k3 export (siamese_k3.export): serving artifacts with the embedding model's numbers.
 
 Each format runs where the current backend can write it: a test whose exporter
 or runtime is not installed is skipped, naming the package.
@@ -12,7 +12,7 @@ import pytest
 
 from siamese_k3 import cli
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.runs import EXPORT_REQUIREMENTS, check_export_requirements
+from siamese_k3.export import EXPORT_REQUIREMENTS, check_export_requirements
 
 from test_cli import write_clustered_idx
 

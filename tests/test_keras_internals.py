@@ -147,7 +147,7 @@ def test_optimizer_slot_internals():
 
 
 def test_flatten_layers():
-    """tensorflow/__init__.py (XLA check) and runs.py: `Model._flatten_layers` walks nested layers."""
+    """tensorflow/__init__.py (XLA check) and export.py: `Model._flatten_layers` walks nested layers."""
     model = MiningModel(_backbone())
     names = {type(layer).__name__ for layer in model._flatten_layers()}
     assert {"Dense", "Dropout"} <= names

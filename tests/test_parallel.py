@@ -218,7 +218,7 @@ def test_a_dead_worker_ends_the_run_and_the_same_command_resumes(tmp_path, data_
                "--epochs", "4", "--steps-per-epoch", "40"]
     process = subprocess.Popen(command, env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True, start_new_session=True)
-    checkpoint = out / "backup" / "epochs.json"
+    checkpoint = out / "backup" / "training_metadata.json"
     deadline = time.monotonic() + TIMEOUT
     while not checkpoint.exists():  # the first epoch is saved
         assert process.poll() is None, process.communicate()[1][-4000:]
@@ -230,7 +230,7 @@ def test_a_dead_worker_ends_the_run_and_the_same_command_resumes(tmp_path, data_
     assert process.returncode != 0
     assert "siamese_k3" in err and ("SIGKILL" in err or "Signal 9" in err or "failed" in err.lower())
     assert json.loads((out / "status.json").read_text())["state"] == "unfinished"
-    finished = json.loads(checkpoint.read_text())
+    finished = json.loads(checkpoint.read_text())["epochs"]
     assert 1 <= len(finished) < 4
     # The same command again resumes from the last checkpoint and finishes.
     command[command.index("--master-port") + 1] = str(free_port())

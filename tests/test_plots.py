@@ -125,3 +125,49 @@ def test_plot_embeddings_2d(tmp_path, rng):
 def test_plot_embeddings_2d_rejects_length_mismatch(tmp_path, rng):
     with pytest.raises(SiameseK3Error, match="9 labels"):
         plots.plot_embeddings_2d(rng.normal(size=(10, 4)), np.zeros(9), tmp_path / "pca.png")
+
+
+def test_plot_calibration(tmp_path):
+    thresholds = np.linspace(0.0, 2.0, 50)
+    precision = 1.0 - 0.4 * thresholds / 2.0
+    recall = np.minimum(1.0, thresholds)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    path = plots.plot_calibration(thresholds, precision, recall, f1, tmp_path / "calibration.png", threshold=0.8)
+    assert_png(path)
+    with pytest.raises(SiameseK3Error, match="one length"):
+        plots.plot_calibration(thresholds, precision[:3], recall, f1, tmp_path / "c.png")
+
+
+def red_pixels(path):
+    """Pixels a red frame paints: strongly red, little green or blue (the test images are grey)."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).astype(int)
+    return int(np.sum((pixels[..., 0] > 180) & (pixels[..., 1] < 80) & (pixels[..., 2] < 80)))
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 3)])
+def test_plot_neighbours_frames_wrong_labels(tmp_path, rng, shape):
+    queries = rng.integers(0, 256, (3, *shape), dtype=np.uint8)
+    neighbours = rng.integers(0, 256, (3, 4, *shape), dtype=np.uint8)
+    if len(shape) == 3:  # grey RGB images: any red pixel is a frame
+        queries[..., 1:] = queries[..., :1]
+        neighbours[..., 1:] = neighbours[..., :1]
+    query_labels = np.array([0, 1, 2])
+    right = np.repeat(query_labels[:, None], 4, axis=1)
+    distances = np.sort(rng.random((3, 4)), axis=1)
+    all_right = plots.plot_neighbours(queries, neighbours, tmp_path / "right.png", query_labels, right, distances)
+    wrong = right.copy()
+    wrong[1, 2] = 7
+    one_wrong = plots.plot_neighbours(queries, neighbours, tmp_path / "wrong.png", query_labels, wrong, distances)
+    assert_png(all_right, min_bytes=1000)
+    assert red_pixels(all_right) == 0
+    assert red_pixels(one_wrong) > 100
+    with Image.open(one_wrong) as image:
+        assert image.size[0] > image.size[1]  # 3 rows of 1 + 4 images: wider than tall
+
+
+def test_plot_neighbours_without_labels_and_bad_shapes(tmp_path, rng):
+    images = rng.random((2, 6, 6))
+    assert_png(plots.plot_neighbours(images, rng.random((2, 3, 6, 6)), tmp_path / "sheet.png"), min_bytes=500)
+    with pytest.raises(SiameseK3Error, match=r"\[Q, k, \.\.\.\]"):
+        plots.plot_neighbours(images, rng.random((3, 3, 6, 6)), tmp_path / "bad.png")

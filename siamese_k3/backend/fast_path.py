@@ -5,10 +5,11 @@ or keras' own (`FastPath`, every method keras' behaviour) when the fast path
 is off. Each backend's path lives in the module named for it:
 
 - jax (`siamese_k3.backend.jax`): compile defaults only, 32 steps per
-  execution (fewer Python round trips between compiled steps);
+  execution (fewer Python round trips between compiled steps), and a progress
+  bar that counts no step past the epoch's end (`progress_bar_callbacks`);
 - tensorflow (`siamese_k3.backend.tensorflow`): 32 steps per execution and
-  XLA, and keras' own tf.data batches for in-memory arrays with tf.data's
-  autotuning off;
+  XLA, the same progress bar, and keras' own tf.data batches for in-memory
+  arrays with tf.data's autotuning off;
 - torch (`siamese_k3.backend.torch`): keras' per-layer and per-step host work
   trimmed: a planned forward pass, layer kernels without layout copies, train
   and test steps with a cheaper loss mean and Adam update, batches of
@@ -166,6 +167,57 @@ def adapt_arrays(make_batches, model, x, y, fit_kwargs):
     return batches, None, fit_kwargs
 
 
+def progress_bar_callbacks(model, callbacks, verbose, history=True):
+    """`callbacks` with `EpochProgbarLogger` as the progress bar while the fast path's steps per execution run.
+
+    keras reports each execution of N steps as ending at step ``first + N - 1``,
+    so the last one of an epoch whose steps are not a multiple of N ends past
+    the epoch (``32/7``, and a negative ETA, for a 7-step epoch at 32 steps per
+    execution). When N is the fast path's default (`compile_defaults`), not the
+    user's choice, the list keras would make (the callbacks, a `History`, a
+    progress bar) is given with `EpochProgbarLogger` as the progress bar;
+    ``history=False`` for `evaluate` and `predict`, whose list has no History.
+    `callbacks` unchanged otherwise: one step per execution, a
+    ``steps_per_execution`` the user chose (keras' own bar then counts as keras
+    does), ``verbose=0``, a `keras.callbacks.CallbackList` (keras uses it as it
+    is), or a progress bar of the user's own among the callbacks.
+    """
+    if not getattr(model, "_default_steps_per_execution", False) or model.steps_per_execution == 1 or verbose == 0:
+        return callbacks
+    if not (callbacks is None or type(callbacks) in (list, tuple)):
+        return callbacks
+    listed = keras.tree.flatten(callbacks) if callbacks else []  # as keras' CallbackList flattens them
+    if any(isinstance(callback, keras.callbacks.ProgbarLogger) for callback in listed):
+        return callbacks
+    if history and not any(isinstance(callback, keras.callbacks.History) for callback in listed):
+        listed.append(keras.callbacks.History())  # keras' order: History, then the progress bar
+    return [*listed, EpochProgbarLogger()]
+
+
+class EpochProgbarLogger(keras.callbacks.ProgbarLogger):
+    """keras' progress bar, counting at most the epoch's steps.
+
+    A batch index past the last step of the epoch (``params["steps"]``, when
+    keras knows it) counts as the last step: what the step function ran, since
+    keras' execution stops where the epoch's batches end.
+    """
+
+    # Like keras' own bar, which its CallbackList adds after it decides on asynchronous dispatch.
+    async_safe = True
+
+    def _last_step(self, batch):
+        return min(batch, self.target - 1) if self.target else batch
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(self._last_step(batch), logs)
+
+    def on_test_batch_end(self, batch, logs=None):
+        super().on_test_batch_end(self._last_step(batch), logs)
+
+    def on_predict_batch_end(self, batch, logs=None):
+        super().on_predict_batch_end(self._last_step(batch), logs)
+
+
 def has_hook(callback, hook):
     """Whether `callback` does something in `hook`, by keras' own test (`CallbackList._configure_async_dispatch`).
 
@@ -186,8 +238,8 @@ BATCH_HOOKS = (
 
 
 def _has_batch_hooks(callback):
-    if type(callback) in (keras.callbacks.ProgbarLogger, keras.callbacks.History):
-        return False  # keras' own, which follow steps_per_execution by design
+    if type(callback) in (keras.callbacks.ProgbarLogger, EpochProgbarLogger, keras.callbacks.History):
+        return False  # keras' own (and ours), which follow steps_per_execution by design
     return any(has_hook(callback, hook) for hook in BATCH_HOOKS)
 
 

@@ -6,7 +6,7 @@ uint8 labels [N]), but looks for the files on disk before downloading
 anything. Places, in order (each directory also through its ``<name>/``
 sub-folder):
 
-1. the ``data_dir`` argument (the CLI's ``--data-dir``);
+1. the ``data_dir`` argument (the CLI's ``--data-dir``); when it is given, the only place;
 2. the directory named by ``$SIAMESE_K3_DATA``;
 3. the Keras cache, ``$KERAS_HOME`` or ``~/.keras``: ``datasets/fashion-mnist/``
    (the four .gz files keras downloads) and ``datasets/mnist.npz``;
@@ -160,8 +160,10 @@ def load_dataset(name, data_dir=None, download=True):
 
     Args:
         name: ``"fashion_mnist"`` or ``"mnist"``.
-        data_dir: a directory holding the files (or a ``<name>/`` folder with them).
-        download: when no local copy exists, fall back to
+        data_dir: a directory holding the files (or a ``<name>/`` folder with them). When
+            given, it is the only place looked in: a folder without the dataset is an error,
+            never a silent fall-back to another copy.
+        download: when no local copy exists (and no `data_dir` is given), fall back to
             ``keras.datasets.<name>.load_data()``, which downloads.
 
     Returns:
@@ -185,6 +187,12 @@ def load_dataset(name, data_dir=None, download=True):
             logger.info("Loaded %s from %s", name, reason)
             return data
         looked.append(f"{directory} ({reason})")
+    if data_dir is not None:
+        raise DatasetNotFoundError(
+            f"--data-dir {os.fspath(data_dir)} holds no {name} dataset: looked in {'; '.join(looked)}. "
+            f"Put the {name} files there ({', '.join(IDX_FILES.values())}, .gz or not, or {name}.npz), "
+            "or leave --data-dir out to use the installed copy."
+        )
     if download:
         data, reason = _download(name)
         if data is not None:
@@ -207,8 +215,10 @@ def _keras_home():
 
 
 def _search_directories(name, data_dir):
-    """Directories to look in, in order, without repeats."""
-    bases = [os.fspath(data_dir)] if data_dir is not None else []
+    """Directories to look in, in order, without repeats (only `data_dir`'s when it is given)."""
+    if data_dir is not None:
+        return [os.fspath(data_dir), *(os.path.join(os.fspath(data_dir), folder) for folder in FOLDER_NAMES[name])]
+    bases = []
     if os.environ.get(DATA_ENV):
         bases.append(os.environ[DATA_ENV])
     directories = []

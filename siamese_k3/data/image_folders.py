@@ -19,6 +19,7 @@ import keras
 import numpy as np
 from PIL import Image
 
+from siamese_k3.checks import check_integer, check_seed
 from siamese_k3.errors import SiameseK3Error
 
 SIDES = ("left", "right")
@@ -214,11 +215,10 @@ class PairedImageFolders(keras.utils.PyDataset):
         super().__init__(**pydataset_kwargs)
         self.directory = os.fspath(directory)
         self.target_shape = _check_target_shape(target_shape)
-        if int(batch_size) < 1:
-            raise SiameseK3Error(f"batch_size must be a positive integer; got {batch_size!r}.")
+        batch_size = check_integer(batch_size, "batch_size", minimum=1)
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
-        self.seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else int(seed)
+        self.seed = check_seed(seed)
         names = find_pairs(self.directory, skip_unpaired=skip_unpaired, verify=verify_images)
         if validation_split is not None:
             names = split_pair_names(names, validation_split, subset, 0 if seed is None else seed)
@@ -248,9 +248,13 @@ class PairedImageFolders(keras.utils.PyDataset):
         """(left path, right path) of the pair `name`."""
         return tuple(os.path.join(self.directory, side, name) for side in SIDES)
 
-    def on_epoch_end(self):
-        self.epoch += 1
+    def set_epoch(self, epoch):
+        """Make `epoch` (an int >= 0) the current epoch, as for `ClassBalancedBatches.set_epoch` (resuming)."""
+        self.epoch = check_integer(epoch, "epoch")
         self._order = self._epoch_order(self.epoch)
+
+    def on_epoch_end(self):
+        self.set_epoch(self.epoch + 1)
 
     def _epoch_order(self, epoch):
         if not self.shuffle:

@@ -10,6 +10,7 @@ draws P classes and K items of each, like pytorch-metric-learning's
 import keras
 import numpy as np
 
+from siamese_k3.checks import check_integer, check_seed
 from siamese_k3.errors import SiameseK3Error
 
 
@@ -24,8 +25,20 @@ class ClassBalancedBatches(keras.utils.PyDataset):
     - rows ordered class by class (the K items of the first class first).
 
     So a batch depends only on (seed, e, i), never on the order batches are
-    asked for: the same with `workers` > 1 or multiprocessing. `on_epoch_end`
-    (called by `fit`) moves to epoch e + 1.
+    asked for: the same with `workers` > 1 or multiprocessing.
+
+    The epoch e starts at `initial_epoch` (default 0) and each `on_epoch_end`
+    adds one; `set_epoch` sets it. keras' `fit` calls `on_epoch_end` once
+    before its first epoch (it reads a batch to build the model) and once after
+    each epoch, on every backend (keras 3.10 to 3.15). So a `fit` started at
+    ``initial_epoch=k`` on a sampler at epoch c reads, in its epoch k + j, the
+    batches of epoch c + 1 + j: an uninterrupted fit (c = k = 0) reads epoch
+    j + 1 in its epoch j, and a fit resumed at epoch k reads the same batches
+    when its sampler starts at k (``initial_epoch=k``, or ``set_epoch(k)``
+    before `fit`). Validation data given to `fit` is ended twice per
+    evaluation (once before it, once after), so its epoch moves by 2 per
+    evaluation: evaluated after every epoch, a resumed fit's validation
+    sampler starts at 2k.
 
     Args:
         x: array [N, ...] (anything that `len` and numpy fancy indexing accept).
@@ -34,12 +47,16 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         samples_per_class: K, at least 2 (a triplet needs an anchor and a positive).
         steps_per_epoch: batches per epoch; default N // (P·K), at least 1.
         seed: int, or None for a fresh random seed drawn once here.
+        initial_epoch: where the epoch counter starts (default 0): the batches
+            are those a sampler started at 0 gives after `initial_epoch` calls of
+            `on_epoch_end`. To resume a `fit` at epoch k, pass k.
         **pydataset_kwargs: ``workers``, ``use_multiprocessing``,
             ``max_queue_size``, passed to `keras.utils.PyDataset`.
 
     Raises:
         SiameseK3Error: mismatched `x` and `labels`, P or K below 2, P above
-            the number of classes, or `steps_per_epoch` below 1.
+            the number of classes, `steps_per_epoch` below 1, or
+            `initial_epoch` not an integer >= 0.
 
     Example:
         >>> model.compile(loss=TripletSemiHardLoss())
@@ -54,6 +71,7 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         samples_per_class,
         steps_per_epoch=None,
         seed=None,
+        initial_epoch=0,
         **pydataset_kwargs,
     ):
         super().__init__(**pydataset_kwargs)
@@ -67,13 +85,9 @@ class ClassBalancedBatches(keras.utils.PyDataset):
         batch_size = self.classes_per_batch * self.samples_per_class
         if steps_per_epoch is None:
             steps_per_epoch = max(1, len(self.x) // batch_size)
-        if steps_per_epoch < 1:
-            raise SiameseK3Error(
-                f"steps_per_epoch={steps_per_epoch}: pass a positive number of batches, or None."
-            )
-        self.steps_per_epoch = int(steps_per_epoch)
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
-        self.epoch = 0
+        self.steps_per_epoch = check_integer(steps_per_epoch, "steps_per_epoch", minimum=1)
+        self.seed = check_seed(seed)
+        self.epoch = check_integer(initial_epoch, "initial_epoch")
 
     def __len__(self):
         return self.steps_per_epoch
@@ -95,6 +109,10 @@ class ClassBalancedBatches(keras.utils.PyDataset):
     def __getitem__(self, index):
         rows = self.batch_indices(index)
         return self.x[rows], self.labels[rows]
+
+    def set_epoch(self, epoch):
+        """Make `epoch` (an int >= 0) the current epoch: the batches from now on are that epoch's."""
+        self.epoch = check_integer(epoch, "epoch")
 
     def on_epoch_end(self):
         self.epoch += 1

@@ -19,6 +19,7 @@ Randomness comes only from a `seed` (int, None, or a `numpy.random.Generator`).
 import keras
 import numpy as np
 
+from siamese_k3.checks import check_integer, check_seed
 from siamese_k3.errors import SiameseK3Error
 
 
@@ -115,8 +116,10 @@ class TripletBatches(keras.utils.PyDataset):
     from ``numpy.random.default_rng([seed, epoch, index])``: the same (seed,
     epoch, index) always gives the same batch, in any order and any worker.
     That 1-tuple is what `siamese_k3.SiameseModel.fit` takes (the triplet is
-    x, there are no labels). The epoch counter starts at 0 and advances in
-    `on_epoch_end`; `set_epoch` sets it.
+    x, there are no labels). The epoch counter starts at `initial_epoch` and
+    advances by one in each `on_epoch_end`; `set_epoch` sets it. How `fit`
+    counts epochs, and how a resumed `fit` reads the batches an uninterrupted
+    one would: `siamese_k3.data.ClassBalancedBatches`, which counts alike.
 
     Args:
         images: array [N, ...], given to the model as it is (scale it first).
@@ -124,13 +127,16 @@ class TripletBatches(keras.utils.PyDataset):
         batch_size: triplets per batch.
         steps_per_epoch: batches per epoch; default N // batch_size (at least 1), as in seed 001.
         seed: int; None draws one at construction.
+        initial_epoch: where the epoch counter starts (default 0): the batches
+            are those a sampler started at 0 gives after `initial_epoch` calls of
+            `on_epoch_end`. To resume a `fit` at epoch k, pass k.
         **kwargs: `keras.utils.PyDataset` options (workers, use_multiprocessing, max_queue_size).
 
     Example:
         >>> model.fit(TripletBatches(x_train / 255.0, y_train, batch_size=256, seed=0), epochs=5)
     """
 
-    def __init__(self, images, labels, batch_size=256, steps_per_epoch=None, seed=None, **kwargs):
+    def __init__(self, images, labels, batch_size=256, steps_per_epoch=None, seed=None, initial_epoch=0, **kwargs):
         super().__init__(**kwargs)
         self.images = np.asarray(images)
         self.groups = _ClassGroups(labels)
@@ -139,12 +145,12 @@ class TripletBatches(keras.utils.PyDataset):
                 f"TripletBatches: images has {len(self.images)} items but labels has "
                 f"{len(self.groups.labels)}; pass one label per image."
             )
-        self.batch_size = _positive_int(batch_size, "batch_size")
+        self.batch_size = check_integer(batch_size, "batch_size", minimum=1)
         if steps_per_epoch is None:
             steps_per_epoch = max(1, len(self.images) // self.batch_size)
-        self.steps_per_epoch = _positive_int(steps_per_epoch, "steps_per_epoch")
-        self.seed = int(np.random.default_rng().integers(2**31)) if seed is None else int(seed)
-        self.epoch = 0
+        self.steps_per_epoch = check_integer(steps_per_epoch, "steps_per_epoch", minimum=1)
+        self.seed = check_seed(seed)
+        self.epoch = check_integer(initial_epoch, "initial_epoch")
 
     def __len__(self):
         return self.steps_per_epoch
@@ -156,20 +162,11 @@ class TripletBatches(keras.utils.PyDataset):
         return (take(self.images, self.groups.random_triplets(self.batch_size, rng)),)
 
     def set_epoch(self, epoch):
-        self.epoch = int(epoch)
+        """Make `epoch` (an int >= 0) the current epoch: the batches from now on are that epoch's."""
+        self.epoch = check_integer(epoch, "epoch")
 
     def on_epoch_end(self):
         self.epoch += 1
-
-
-def _positive_int(value, name):
-    try:
-        valid = int(value) == value and value >= 1
-    except (TypeError, ValueError):
-        valid = False
-    if not valid:
-        raise SiameseK3Error(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
 
 
 class _ClassGroups:
@@ -211,7 +208,7 @@ class _ClassGroups:
         return anchor, positive, (self.class_of[anchor] + shift) % class_count
 
     def random_triplets(self, batch_size, rng):
-        batch_size = _positive_int(batch_size, "batch_size")
+        batch_size = check_integer(batch_size, "batch_size", minimum=1)
         eligible = np.flatnonzero(self.counts[self.class_of] >= 2)
         if len(eligible) == 0:
             raise SiameseK3Error(

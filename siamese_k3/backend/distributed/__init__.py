@@ -30,11 +30,16 @@ import contextlib
 
 import keras
 
+from siamese_k3.backend.distributed.rendezvous import PeerTimeoutError  # noqa: F401 (raised by start)
+
 _CURRENT = None
 
 
 def start(timeout_seconds=600):
-    """Start data-parallel training on the running backend and return its engine (also `current()`)."""
+    """Start data-parallel training on the running backend and return its engine (also `current()`).
+
+    Raises `PeerTimeoutError` when the other processes do not all arrive within `timeout_seconds`.
+    """
     global _CURRENT
     backend = keras.backend.backend()
     if backend == "jax":

@@ -11,6 +11,13 @@ global batch. keras sums the replicas' gradients; a replica's loss is scaled by
 1 / replicas (as keras scales its own losses), and `gather` is
 `ReplicaContext.all_gather`, whose gradient is the all-reduced upstream
 gradient of the replica's own rows.
+
+Across workers, the startup first waits for every worker in Python
+(`rendezvous.wait_for_peers`, on the first chief's or worker's port), so that a
+worker whose peers never start gives up after ``timeout_seconds`` with one
+line, and SIGINT or SIGTERM stop it meanwhile: TensorFlow's own wait holds the
+GIL and ignores SIGTERM (its preemption notifier takes the signal). Once the
+strategy is up, SIGTERM goes back to Python (`signals.reclaim_sigterm`).
 """
 
 import json
@@ -18,7 +25,14 @@ import os
 
 import keras
 
+from siamese_k3.backend import signals
+from siamese_k3.backend.distributed import rendezvous
 from siamese_k3.backend.distributed.base import Engine
+
+TF_CONFIG_HINT = (
+    "Start every worker with the same TF_CONFIG cluster (each with its own task index), or wait longer "
+    "with DataParallel(timeout_seconds=...) (siamese-k3 train --collective-timeout)."
+)
 
 
 class TensorFlowEngine(Engine):
@@ -28,10 +42,13 @@ class TensorFlowEngine(Engine):
     def __init__(self, timeout_seconds=600):
         import tensorflow as tf
 
-        cluster = json.loads(os.environ.get("TF_CONFIG") or "{}").get("cluster")
+        config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+        cluster = config.get("cluster")
         if cluster:
+            wait_for_workers(cluster, config.get("task") or {}, timeout_seconds)
             options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=timeout_seconds)
             self.strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+            signals.reclaim_sigterm()
             resolver = self.strategy.cluster_resolver
             self.rank = resolver.task_id if resolver.task_type in ("worker", "chief") else 0
             self.processes = sum(len(cluster.get(kind, [])) for kind in ("chief", "worker"))
@@ -139,3 +156,13 @@ class TensorFlowEngine(Engine):
         import tensorflow as tf
 
         return {key: tf.reshape(value, [1]) for key, value in logs.items()}
+
+
+def wait_for_workers(cluster, task, timeout_seconds):
+    """`rendezvous.wait_for_peers` over the cluster's chiefs and workers, led by the first of them."""
+    members = [(kind, index) for kind in ("chief", "worker") for index in range(len(cluster.get(kind, [])))]
+    me = (task.get("type"), int(task.get("index", 0)))
+    if me not in members:
+        return  # an evaluator or parameter server: not part of the collectives
+    addresses = [cluster[kind][index] for kind, index in members]
+    rendezvous.wait_for_peers(addresses[0], members.index(me), len(members), timeout_seconds, TF_CONFIG_HINT)

@@ -12,6 +12,7 @@ import datetime
 import os
 
 from siamese_k3.backend.distributed.base import Engine
+from siamese_k3.backend.distributed.rendezvous import PeerTimeoutError
 
 
 class _AllGather:
@@ -46,6 +47,11 @@ class _AllGather:
         return cls.function
 
 
+def _startup_timeouts(dist):
+    """The errors torch raises when the other ranks do not all arrive in time (none on an old torch)."""
+    return tuple(getattr(dist, name) for name in ("DistStoreError", "DistNetworkError") if hasattr(dist, name))
+
+
 class TorchEngine(Engine):
     backend = "torch"
 
@@ -64,9 +70,16 @@ class TorchEngine(Engine):
             cuda = torch.cuda.is_available()
             if cuda:
                 torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-            dist.init_process_group(
-                "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_seconds)
-            )
+            try:
+                dist.init_process_group(
+                    "nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_seconds)
+                )
+            except _startup_timeouts(dist) as error:  # the other ranks did not all arrive
+                raise PeerTimeoutError(
+                    f"data-parallel rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}: "
+                    f"{' '.join(str(error).split())} Launch every rank with torchrun, or wait longer with "
+                    "DataParallel(timeout_seconds=...) (siamese-k3 train --collective-timeout)."
+                ) from error
         self.rank = dist.get_rank()
         self.processes = self.replicas = dist.get_world_size()
 

@@ -5,10 +5,12 @@ remains per step is Python's round trip between steps (callbacks, iterator,
 dispatch). ``steps_per_execution=32`` amortises it over 32 batches
 (benchmarks/RESULTS.md), with jit left at keras' ``"auto"`` (XLA). Batch-level
 callbacks then see one call per 32 batches, so a `fit` whose callbacks have
-batch hooks runs one step per execution (`FastPath.execution_scope`).
+batch hooks runs one step per execution (`FastPath.execution_scope`), and
+keras' progress bar, which would count the last execution of an epoch past its
+end, is `fast_path.EpochProgbarLogger` (`fast_path.progress_bar_callbacks`).
 """
 
-from siamese_k3.backend import distributed
+from siamese_k3.backend import distributed, fast_path
 from siamese_k3.backend.fast_path import FastPath
 
 
@@ -21,3 +23,6 @@ class JaxPath(FastPath):
         if run_eagerly:
             return 1, "auto"
         return min(32, distributed.max_steps_per_execution()), "auto"
+
+    def callbacks(self, model, x, callbacks, verbose, epochs, steps_per_epoch):
+        return fast_path.progress_bar_callbacks(model, callbacks, verbose)

@@ -8,7 +8,9 @@
   nor for a model that draws random numbers (Dropout, noise, augmentation),
   which XLA would draw differently from keras' default.
   A `fit` whose callbacks have batch hooks runs one step per execution
-  (`FastPath.execution_scope`).
+  (`FastPath.execution_scope`); keras' progress bar, which would count the
+  last execution of an epoch past its end, is `fast_path.EpochProgbarLogger`
+  (`fast_path.progress_bar_callbacks`).
 - `arrays`: for in-memory arrays, keras' own tf.data pipeline with tf.data's
   autotuning off, in one private thread, which on a small CPU no longer
   competes with the step.
@@ -37,6 +39,9 @@ class TensorFlowPath(FastPath):
 
     def fit_input(self, model, x, y, fit_kwargs):
         return fast_path.adapt_arrays(arrays.array_dataset, model, x, y, fit_kwargs)
+
+    def callbacks(self, model, x, callbacks, verbose, epochs, steps_per_epoch):
+        return fast_path.progress_bar_callbacks(model, callbacks, verbose)
 
 
 def draws_random_numbers(model):

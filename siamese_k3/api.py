@@ -1,0 +1,294 @@
+"""The Python API: `train` a run, `Run.open` one, and use it (metrics, embeddings, similarity, export).
+
+    import siamese_k3
+
+    run = siamese_k3.train(recipe="strong", out="runs/strong")   # or train(TrainConfig(...), out=...)
+    run.metrics["map_at_r"]
+    run.history["loss"]
+    vectors = run.embed(["a.png", "b.png"])                    # float32 [2, 64]
+    run.similarity("a.png", "b.png")                          # {"euclidean": 0.41, ..., "same": True}
+    run.build_index(dataset="fashion_mnist:train")            # RUN/index/
+    run.search(["query.png"], k=10)                           # a siamese_k3.index.SearchResult
+    run.calibrate(target_precision=0.95)                      # RUN/calibration.json
+    run.export("onnx")
+    same = siamese_k3.Run.open("runs/strong")
+
+Every command of the CLI is one of these calls; the CLI only parses, calls
+and prints. Errors follow `siamese_k3.errors`.
+"""
+
+import os
+
+from siamese_k3 import calibration as calibrating
+from siamese_k3 import export as exporting
+from siamese_k3 import index as indexing
+from siamese_k3 import inference, run_evaluation, training
+from siamese_k3.config import TrainConfig
+from siamese_k3.errors import RunFolderError, SiameseK3Error
+from siamese_k3.run_folder import FINISHED, INDEX, RunFolder, load_model
+
+
+def train(config=None, *, out=None, overwrite=False, data_parallel=False, collective_timeout=600, verbose="auto",
+          **options):
+    """Train a run and return it as a `Run` (resuming it if `out` holds the same unfinished run).
+
+    Give a `TrainConfig`, or its fields as keyword arguments (``recipe="strong",
+    epochs=2, ...``; unset fields take the recipe's values). `out` is the run
+    folder (default ``runs/<dataset>``); `overwrite` replaces a finished run
+    there (only once everything is checked). `verbose` is keras' (0: no progress
+    bar). `data_parallel` splits each batch over every device and process with
+    the backend's own engine (`siamese_k3.parallel.DataParallel`); every process
+    trains and the chief's return value is the run (the others get None).
+    """
+    if config is None:
+        config = TrainConfig.from_recipe(**options)
+    elif options:
+        raise TypeError(
+            f"give either a TrainConfig or its fields as keyword arguments, not both (got {', '.join(sorted(options))})."
+        )
+    folder, metrics = training.train_run(
+        config, out=out, overwrite=overwrite, data_parallel=data_parallel, collective_timeout=collective_timeout,
+        verbose=verbose,
+    )
+    return Run(folder.path) if metrics is not None else None
+
+
+class Run:
+    """A run folder written by `train` (see `siamese_k3.run_folder` for its files)."""
+
+    def __init__(self, path):
+        self.folder = RunFolder(path)
+        self._facts = self.folder.config()
+        self._embedding_model = None
+
+    @classmethod
+    def open(cls, path):
+        """The run in folder `path`; `RunFolderError` when it is not a run folder or its config is damaged."""
+        return cls(path)
+
+    def __repr__(self):
+        return f"Run({self.path!r}, state={self.state!r})"
+
+    @property
+    def path(self):
+        return self.folder.path
+
+    @property
+    def config(self):
+        """The run's `TrainConfig`."""
+        return TrainConfig.from_dict(self._facts)
+
+    @property
+    def backend(self):
+        """The backend the run trained on."""
+        return self._facts.get("backend")
+
+    @property
+    def input_shape(self):
+        return tuple(self._facts["input_shape"])
+
+    @property
+    def state(self):
+        """``finished``, ``unfinished``, ``failed``, or None (no status.json)."""
+        return self.folder.state()
+
+    @property
+    def metrics(self):
+        """metrics.json as a dict (`RunFolderError` if the run has none yet)."""
+        return self.folder.read_json("metrics.json")
+
+    @property
+    def history(self):
+        """history.json: {metric: [value per epoch]}."""
+        return self.folder.read_json("history.json")
+
+    def embedding_model(self):
+        """The embedding model (raw 0-255 images in, embeddings out), checked finite; loaded once."""
+        if self._embedding_model is None:
+            self.folder.require_usable()
+            path = self.folder.file("embedding.keras")
+            model = load_model(path)
+            _check_finite(model, path)
+            self._embedding_model = model
+        return self._embedding_model
+
+    def evaluate(self, plots=True):
+        """Recompute the metrics on the run's held-out data, write metrics.json (and the plots); return them.
+
+        Only a finished run (or one without status.json) is evaluated: an
+        unfinished one is finished by rerunning its train command.
+        """
+        model = self.embedding_model()
+        config, facts = self.config, dict(self._facts)
+        data = training.load_data(config, facts)
+        result = run_evaluation.evaluate(config, facts, model, data)
+        if plots:
+            result.write_plots(self.path)
+        metrics = result.metrics
+        previous = self.folder.read_json("metrics.json", required=False) or {}
+        metrics["train_seconds"] = previous.get("train_seconds")
+        self.folder.write_json("metrics.json", metrics)
+        if self.folder.state() is None:
+            self.folder.write_status(FINISHED, facts.get("backend"))
+        return metrics
+
+    def embed(self, images, batch_size=256, verbose=0):
+        """float32 embeddings [N, D] of `images`: image file paths, or raw 0-255 pixels [N, *input_shape].
+
+        Image files must have the run's image size, except for a pairs:DIR run,
+        which resizes them as it did in training.
+        """
+        return inference.embed(self.embedding_model(), images, self.input_shape, batch_size=batch_size,
+                               verbose=verbose, resize=self.config.pairs_dir is not None)  # fmt: skip
+
+    def similarity(self, first, second):
+        """{run's distance: value, "cosine_similarity": value} of two images (paths or arrays), and the verdict.
+
+        With a calibration (calibration.json, written by `train` and `calibrate`)
+        it adds ``"same"`` (distance <= the threshold), ``"threshold"`` and
+        ``"expected_precision"``.
+        """
+        import numpy as np
+
+        images = [first, second] if _is_path(first) and _is_path(second) else np.stack([_image(first), _image(second)])
+        embeddings = self.embed(images)
+        values = inference.similarity(embeddings[0], embeddings[1], self._facts["distance"])
+        calibration = self.calibration()
+        if calibration is not None:
+            answer = calibrating.match(values[self._facts["distance"]], calibration)
+            values.update(same=bool(answer.is_same), threshold=answer.threshold,
+                          expected_precision=answer.expected_precision)  # fmt: skip
+        return values
+
+    # ------------------------------------------------------------------ search, calibrate
+
+    def calibration(self):
+        """The run's `Calibration` (calibration.json), or None when it has none."""
+        path = self.folder.file("calibration.json")
+        if not os.path.isfile(path):
+            return None
+        try:
+            return calibrating.Calibration.load(path)
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise RunFolderError(f"{path} is damaged ({type(error).__name__}: {error}): rerun `siamese-k3 calibrate`.") from None
+
+    def calibrate(self, target_precision=None, target_recall=None):
+        """Choose the "same or not" threshold on one half of the test split (pairs runs: the held-out pairs).
+
+        For `target_precision` (the largest threshold reaching it), `target_recall`,
+        or the best F1; writes calibration.json and calibration.png, and returns
+        ``(Calibration, summary)``, the summary with the precision and recall
+        measured at that threshold on the other half.
+        """
+        model, config = self.embedding_model(), self.config
+        facts = dict(self._facts)
+        data = training.load_data(config, facts)
+        if "validation" in data:  # pairs: the held-out pairs' distances (same: anchor-positive)
+            same, different = run_evaluation.evaluate(config, facts, model, data).distances
+            is_same = [True] * len(same) + [False] * len(different)
+            calibration = calibrating.calibrate([*same, *different], is_same, target_precision, target_recall,
+                                                distance=config.distance)  # fmt: skip
+            summary = {"threshold": calibration.threshold, "precision": calibration.precision,
+                       "recall": calibration.recall}  # fmt: skip
+        else:
+            embeddings = self.embed(data["x_test"], batch_size=512)
+            calibration, summary = run_evaluation.calibrate_held_out(
+                embeddings, data["y_test"], config.distance, config.seed, target_precision, target_recall
+            )
+        result = run_evaluation.RunEvaluation({}, (), (), calibration=calibration)
+        result.write_calibration(self.path)
+        return calibration, summary
+
+    def build_index(self, images=None, labels=None, ids=None, dataset=None, method="exact", engine="auto",
+                    params=None, batch_size=256, verbose=0):  # fmt: skip
+        """Embed a gallery and save its `SimilarityIndex` as RUN/index/; return the index.
+
+        The gallery: `dataset` (``"fashion_mnist"`` or ``"fashion_mnist:train"``,
+        the split defaulting to test; ids are ``"fashion_mnist:test:ROW"``), or
+        `images` (file paths, ids default to the paths; or arrays of raw pixels
+        with optional `labels` and `ids`). `method`: ``exact``, ``hnsw``, ``ivf``.
+        """
+        model = self.embedding_model()
+        if dataset is not None:
+            images, labels, ids = _dataset_gallery(dataset, self.config)
+        elif images is None:
+            raise SiameseK3Error("build_index needs a gallery: images (paths or arrays) or dataset='NAME[:split]'.")
+        elif isinstance(images, (list, tuple)) and images and _is_path(images[0]):
+            ids = [os.fspath(path) for path in images] if ids is None else ids
+        index = indexing.SimilarityIndex(self._facts["distance"], method=method, engine=engine, params=params,
+                                         fingerprint=self.folder.fingerprint())  # checked before the work  # fmt: skip
+        index.add(self.embed(images, batch_size=batch_size, verbose=verbose), labels=labels, ids=ids)
+        index.save(self.folder.file(INDEX))
+        return index
+
+    def index(self):
+        """The run's saved `SimilarityIndex` (RUN/index), refused when another run's model built it."""
+        folder = self.folder.file(INDEX)
+        if not os.path.isdir(folder):
+            raise RunFolderError(
+                f"{self.path} has no similarity index: build one with `siamese-k3 index {self.path} --dataset NAME` "
+                "(or Run.build_index)."
+            )
+        index = indexing.SimilarityIndex.load(folder)
+        if index.fingerprint != self.folder.fingerprint():
+            raise RunFolderError(
+                f"the index in {folder} was built by another model than {self.folder.file('embedding.keras')} "
+                f"(fingerprint {index.fingerprint}, not {self.folder.fingerprint()}): rebuild it with "
+                f"`siamese-k3 index {self.path}`."
+            )
+        return index
+
+    def search(self, queries, k=10):
+        """The `k` nearest gallery items of each query (image paths or raw pixels): a `SearchResult`."""
+        return self.index().search(self.embed(queries), k=k)
+
+    def export(self, export_format, output=None):
+        """Write the embedding model as ``"savedmodel"`` or ``"onnx"``; the path written.
+
+        Default path: RUN/embedding_savedmodel or RUN/embedding.onnx.
+        """
+        import keras
+
+        if export_format in exporting.EXPORT_FORMATS:
+            exporting.check_export_requirements(export_format, keras.backend.backend())
+        output = output or self.folder.file(exporting.EXPORT_NAMES.get(export_format, "embedding"))
+        return exporting.export_model(self.embedding_model(), self.input_shape, export_format, output)
+
+
+def _check_finite(model, path):
+    import keras
+    import numpy as np
+
+    bad = [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
+    if bad:
+        raise RunFolderError(
+            f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+            f"{' and others' if len(bad) > 3 else ''}: the training diverged; train it again with "
+            "--overwrite and a lower --learning-rate."
+        )
+
+
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
+
+
+def _image(image):
+    """One image as raw pixels (a path is read at its own size; `embed` checks the shape)."""
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(image), np.float32) if _is_path(image) else np.asarray(image)
+
+
+def _dataset_gallery(dataset, config):
+    """(images, labels, ids) of ``NAME[:split]`` (split: train or test, default test)."""
+    from siamese_k3.data import load_dataset
+
+    name, _, split = dataset.partition(":")
+    split = split or "test"
+    if split not in ("train", "test"):
+        raise SiameseK3Error(f"--dataset {dataset!r}: the split must be train or test, as in fashion_mnist:train.")
+    data_dir = config.data_dir if name == config.dataset else None
+    (x_train, y_train), (x_test, y_test) = load_dataset(name, data_dir=data_dir)
+    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return images, labels, [f"{name}:{split}:{row}" for row in range(len(labels))]

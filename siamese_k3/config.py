@@ -1,0 +1,184 @@
+"""`TrainConfig`: every option of a training run, typed, filled from a recipe and checked where it is built.
+
+Plain Python, no keras (the CLI builds one before any framework is imported).
+A run folder's ``config.json`` is `TrainConfig.to_dict` plus what the run found
+out (backend, input shape, class names, data-parallel layout); `TrainConfig.from_dict`
+reads it back, ignoring those facts.
+
+Each field is the CLI option of the same name (``batch_size`` is ``--batch-size``);
+error messages name the option. Fields left at None take the recipe's value
+(`siamese_k3.recipes`), so ``TrainConfig.from_recipe("strong", epochs=2)`` is the
+strong recipe for two epochs.
+"""
+
+import dataclasses
+import os
+from typing import Optional
+
+from siamese_k3 import recipes
+from siamese_k3.checks import DISTANCES, MAX_SEED, check_integer, check_learning_rate, check_margin
+from siamese_k3.errors import SiameseK3Error
+
+LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
+DATASETS = ("fashion_mnist", "mnist")
+MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
+PAIRS_PREFIX = "pairs:"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """The options of one training run (the recipe's values where None was given).
+
+    A labelled dataset (``fashion_mnist``, ``mnist``) trains with `recipe`
+    (``default`` or ``strong``); ``pairs:DIR`` (DIR/left, DIR/right) always
+    starts from `recipes.PAIRS`. Construction checks every field and raises
+    `SiameseK3Error` (a `ValueError`) naming the option and what it accepts.
+    """
+
+    dataset: str = "fashion_mnist"
+    recipe: str = "default"
+    data_dir: Optional[str] = None
+    backbone: Optional[str] = None
+    backbone_options: Optional[dict] = None
+    loss: Optional[str] = None
+    margin: Optional[float] = None
+    distance: Optional[str] = None
+    epochs: Optional[int] = None
+    batch_size: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    classes_per_batch: Optional[int] = None
+    embedding_dim: int = 64
+    learning_rate: Optional[float] = None
+    seed: int = 0
+    validation_size: int = 3000
+    image_size: int = 200
+    weights: Optional[str] = None
+    validation_split: float = 0.2
+    skip_unpaired: bool = False
+    mixed_precision: Optional[str] = None
+
+    @classmethod
+    def from_recipe(cls, recipe="default", **options):
+        """The config of `recipe` with `options` (TrainConfig fields) overriding it; None means "the recipe's"."""
+        unknown = sorted(set(options) - {field.name for field in dataclasses.fields(cls)})
+        if unknown:
+            raise SiameseK3Error(
+                f"unknown training option(s) {', '.join(unknown)}: expected TrainConfig fields "
+                f"({', '.join(field.name for field in dataclasses.fields(cls))})."
+            )
+        return cls(recipe=recipe, **{key: value for key, value in options.items() if value is not None})
+
+    def __post_init__(self):
+        _check_dataset(self.dataset)
+        if self.recipe not in recipes.LABELLED:
+            raise SiameseK3Error(f"--recipe {self.recipe!r} is unknown: choose one of {', '.join(recipes.LABELLED)}.")
+        defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
+        given_options = self.backbone_options
+        for key, value in defaults.items():
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, value)
+        if given_options is None:  # the recipe's backbone options are for the recipe's own backbone
+            own = self.backbone == defaults["backbone"]
+            object.__setattr__(self, "backbone_options", dict(defaults.get("backbone_options") or {}) if own else {})
+        if self.classes_per_batch is None:  # pairs:DIR has no classes
+            object.__setattr__(self, "classes_per_batch", 0)
+        if self.steps_per_epoch is None:
+            object.__setattr__(self, "steps_per_epoch", 0)
+        self._check()
+
+    @property
+    def pairs_dir(self):
+        """DIR of a ``pairs:DIR`` dataset, else None."""
+        return self.dataset[len(PAIRS_PREFIX):] if self.dataset.startswith(PAIRS_PREFIX) else None
+
+    @property
+    def mining(self):
+        """True for the online mining losses on class-balanced P×K batches."""
+        return self.loss != "triplet"
+
+    @property
+    def train_batch_size(self):
+        """Rows per training batch: P × (batch size // P) for the mining losses, else the batch size."""
+        if not self.mining:
+            return self.batch_size
+        return self.classes_per_batch * (self.batch_size // self.classes_per_batch)
+
+    def to_dict(self):
+        """The fields as a JSON-ready dict (config.json holds this plus the run's facts)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values):
+        """A config from a dict such as config.json; keys that are not fields are ignored."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in values.items() if key in names})
+
+    def differences(self, values):
+        """Names of the fields whose value differs from `values` (a config.json dict), for resuming.
+
+        `validation_size` is left out: it changes what is logged, not what is trained.
+        """
+        ignored = {"validation_size"}
+        mine = self.to_dict()
+        return sorted(key for key in mine if key not in ignored and values.get(key) != mine[key])
+
+    def _check(self):
+        if not isinstance(self.backbone_options, dict):
+            raise SiameseK3Error(f"backbone_options must be a dict of the backbone's arguments, got {self.backbone_options!r}.")
+        if self.loss not in LOSSES:
+            raise SiameseK3Error(f"--loss {self.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
+        if self.distance not in DISTANCES:
+            raise SiameseK3Error(f"--distance {self.distance!r} is unknown: choose one of {', '.join(DISTANCES)}.")
+        try:
+            check_margin(self.margin, name="--margin")
+            check_learning_rate(self.learning_rate, name="--learning-rate")
+        except ValueError as error:
+            raise SiameseK3Error(str(error)) from None
+        for name in ("epochs", "batch_size", "embedding_dim", "image_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("steps_per_epoch", "classes_per_batch", "validation_size"):
+            _check_int(name, getattr(self, name), minimum=0)
+        _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
+        if not (isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1):
+            raise SiameseK3Error(f"--validation-split {self.validation_split!r} must lie strictly between 0 and 1, such as 0.2.")
+        if self.mixed_precision not in (None, *MIXED_PRECISION):
+            raise SiameseK3Error(
+                f"--mixed-precision {self.mixed_precision!r} is unknown: choose {' or '.join(MIXED_PRECISION)}, or leave it unset."
+            )
+        if self.pairs_dir is not None:
+            if self.mining:
+                raise SiameseK3Error(
+                    f"--loss {self.loss} needs class labels; a pairs:DIR dataset has none: use --loss triplet."
+                )
+            return
+        if self.steps_per_epoch < 1:
+            raise SiameseK3Error(f"--steps-per-epoch must be a positive integer, got {self.steps_per_epoch}.")
+        if self.mining:
+            if self.classes_per_batch < 2:
+                raise SiameseK3Error(f"--classes-per-batch must be at least 2 for --loss {self.loss}, got {self.classes_per_batch}.")
+            if self.batch_size // self.classes_per_batch < 2:
+                raise SiameseK3Error(
+                    f"--batch-size {self.batch_size} with --classes-per-batch {self.classes_per_batch} "
+                    "leaves fewer than 2 samples per class: raise --batch-size or lower --classes-per-batch."
+                )
+        if self.data_dir is not None and not os.path.isdir(self.data_dir):
+            raise SiameseK3Error(f"--data-dir {self.data_dir} is not a folder: give the folder holding the dataset files.")
+
+
+def option(name):
+    """The CLI spelling of field `name`: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _check_dataset(dataset):
+    if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.replace("-", "_") in DATASETS or (
+        dataset.startswith(PAIRS_PREFIX) and len(dataset) > len(PAIRS_PREFIX)
+    )):
+        raise SiameseK3Error(
+            f"--dataset {dataset!r} is unknown: choose {', '.join(DATASETS)}, or pairs:DIR for a folder with "
+            "left/ and right/ image subfolders."
+        )
+
+
+def _check_int(name, value, minimum, maximum=None):
+    check_integer(value, option(name), minimum, maximum)

@@ -1,0 +1,67 @@
+"""Exporting a run's embedding model for serving without keras: a TF SavedModel folder or an ONNX file.
+
+The artifact maps a batch of raw images (any batch size, float32, as
+`siamese_k3.inference.embed` reads them) to their embeddings. A SavedModel's
+endpoint is ``tf.saved_model.load(path).serve(images)``; an ONNX file has one input.
+"""
+
+import importlib.util
+import logging
+
+import keras
+import numpy as np
+
+from siamese_k3.errors import SiameseK3Error
+
+logger = logging.getLogger("siamese_k3")
+
+EXPORT_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
+EXPORT_NAMES = {"savedmodel": "embedding_savedmodel", "onnx": "embedding.onnx"}
+# What keras' Model.export needs besides the backend, as (module, pip package):
+# SavedModel goes through TensorFlow (jax2tf on JAX, torch_xla's StableHLO on
+# PyTorch); ONNX through tf2onnx, jax2onnx or torch.onnx, which all write with onnx.
+EXPORT_REQUIREMENTS = {
+    ("savedmodel", "jax"): (("tensorflow", "tensorflow-cpu"),),
+    ("savedmodel", "tensorflow"): (),
+    ("savedmodel", "torch"): (("tensorflow", "tensorflow-cpu"), ("torch_xla", "torch-xla")),
+    ("onnx", "jax"): (("onnx", "onnx"), ("jax2onnx", "jax2onnx")),
+    ("onnx", "tensorflow"): (("onnx", "onnx"), ("tf2onnx", "tf2onnx")),
+    ("onnx", "torch"): (("onnx", "onnx"),),
+}
+
+
+def export_model(model, input_shape, export_format, output):
+    """Write `model` (an embedding model taking `input_shape` images) as `export_format` at `output`."""
+    if export_format not in EXPORT_FORMATS:
+        raise SiameseK3Error(f"export format {export_format!r} is unknown: choose {' or '.join(EXPORT_FORMATS)}.")
+    backend = keras.backend.backend()
+    check_export_requirements(export_format, backend)
+    model(np.zeros((1, *input_shape), "float32"), training=False)  # the torch exporter wants a called model
+    if export_format == "onnx" and backend == "jax" and _has_max_pooling(model):
+        logger.warning(
+            "on jax, ONNX export (jax2onnx) writes max pooling as a MaxPool over 4 spatial axes, which "
+            "onnxruntime cannot run; for onnxruntime export with --backend tensorflow or --backend torch "
+            "(embedding.keras loads on any backend)."
+        )
+    model.export(output, format=EXPORT_FORMATS[export_format], verbose=False)
+    return output
+
+
+def _has_max_pooling(model):
+    pooling = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
+    return any(isinstance(layer, pooling) for layer in model._flatten_layers())
+
+
+def check_export_requirements(export_format, backend):
+    """Raise SiameseK3Error naming every package `export_format` needs on `backend` that is missing."""
+    missing = [
+        (module, package)
+        for module, package in EXPORT_REQUIREMENTS[export_format, backend]
+        if importlib.util.find_spec(module) is None
+    ]
+    if missing:
+        modules, packages = zip(*missing)
+        raise SiameseK3Error(
+            f"exporting {export_format} on the {backend} backend needs {', '.join(modules)}: "
+            f"pip install {' '.join(packages)} (or export with another --backend: embedding.keras loads on any)."
+        )

@@ -1,0 +1,332 @@
+"""Training a run: data and backbone from a `TrainConfig`, `fit` with a resumable checkpoint, then the results.
+
+`train_run` is what ``siamese-k3 train`` and `siamese_k3.train` do:
+
+1. check everything that can be checked before the folder is touched: the
+   config (when it was built), the backbone's name, the data (found and read),
+   the data-parallel layout;
+2. prepare the folder (`RunFolder.prepare`): refuse a finished run unless
+   overwrite, resume an unfinished one from its checked checkpoint;
+3. `fit` from the checkpoint's epoch, with the sampler continuing from that
+   epoch, the optimizer and random-generator state restored: a resumed run
+   equals an uninterrupted one;
+4. save the models and history, evaluate (`siamese_k3.run_evaluation`), write
+   metrics.json, then status ``finished``, and only then remove the checkpoint.
+
+Under data parallelism every process trains; only the chief (rank 0) writes
+the run folder, saves and evaluates. Nothing here prints: messages go to the
+``siamese_k3`` logger, which the CLI shows.
+"""
+
+import contextlib
+import inspect
+import logging
+import os
+import time
+import warnings
+
+import keras
+
+from siamese_k3 import backbones, losses, precision, run_evaluation
+from siamese_k3.backend import flush_denormals
+from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
+from siamese_k3.config import TrainConfig
+from siamese_k3.data import CLASS_NAMES, ClassBalancedBatches, PairedImageFolders, TripletBatches, load_dataset
+from siamese_k3.data.image_folders import find_pairs, split_pair_names
+from siamese_k3.errors import NonFiniteLossError, PeerTimeoutError, SiameseK3Error
+from siamese_k3.interrupts import stop_on_signals
+from siamese_k3.metrics import FractionPositiveTriplets
+from siamese_k3.models import MiningModel, SiameseModel, standalone_embedding
+from siamese_k3.parallel import DataParallel
+from siamese_k3.run_folder import FAILED, FINISHED, UNFINISHED, RunFolder
+
+logger = logging.getLogger("siamese_k3")
+
+VALIDATION_STEPS = 10
+
+
+def default_out(config):
+    """``runs/<dataset>``, or ``runs/pairs`` for a pairs:DIR dataset."""
+    return os.path.join("runs", "pairs" if config.pairs_dir else config.dataset)
+
+
+def train_run(config, out=None, overwrite=False, data_parallel=False, collective_timeout=600, verbose="auto"):
+    """Train `config` (a `TrainConfig`) into the run folder `out`; return (folder, metrics), metrics None off the chief.
+
+    `verbose` is keras' (``"auto"``/1: a progress bar, 0: none). Raises
+    `SiameseK3Error` for bad input (before the folder is touched),
+    `RunFolderError` for a folder that cannot be used, `NonFiniteLossError`
+    when training diverges (status ``failed``, resumable from the last good
+    epoch) and `RunInterrupted` / `KeyboardInterrupt` when stopped (status
+    ``unfinished``, resumable).
+    """
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a siamese_k3.TrainConfig, got {type(config).__name__}.")
+    folder = RunFolder(out or default_out(config))
+    check_backbone_name(config.backbone)
+    with stop_on_signals() as stop:  # SIGINT, SIGTERM: RunInterrupted within seconds, on every backend
+        parallel = start_data_parallel(collective_timeout) if data_parallel else None
+        chief = parallel is None or parallel.is_chief
+        try:
+            with folder.lock() if chief else contextlib.nullcontext():
+                return folder, _train_locked(folder, config, overwrite, parallel, verbose, stop.callback)
+        finally:
+            if parallel is not None:
+                parallel.stop()
+
+
+def start_data_parallel(collective_timeout):
+    """`siamese_k3.parallel.DataParallel`, its failures as one-line errors (a peer timeout stays `PeerTimeoutError`)."""
+    try:
+        return DataParallel(timeout_seconds=collective_timeout)
+    except PeerTimeoutError:
+        raise
+    except (RuntimeError, ValueError) as error:
+        raise SiameseK3Error(f"--data-parallel: {error}") from None
+
+
+def check_backbone_name(name):
+    if name not in backbones.BACKBONES:
+        raise SiameseK3Error(f"--backbone {name!r} is unknown: choose one of {', '.join(sorted(backbones.BACKBONES))}.")
+
+
+def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
+    chief = parallel is None or parallel.is_chief
+    backend = keras.backend.backend()
+    keras.utils.set_random_seed(config.seed)
+    flush_denormals()
+    facts = {"backend": backend}
+    if parallel is not None:
+        facts["data_parallel_devices"] = _check_data_parallel(parallel, config.train_batch_size)
+        facts["data_parallel_processes"] = parallel.processes
+    data = load_data(config, facts)  # data problems surface here, before the folder changes
+    metadata = None
+    if chief:
+        metadata = folder.prepare(config, overwrite)
+        if metadata is not None:
+            logger.info(f"Resuming the unfinished run in {folder.path} after epoch {metadata['epoch']}")
+        folder.write_json("config.json", {**config.to_dict(), **facts})
+        folder.write_status(UNFINISHED, backend)
+    if parallel is not None:
+        parallel.barrier()  # the chief has prepared the folder (and removed an old run under overwrite)
+        if not chief:  # the chief's checkpoint, read from the folder it prepared
+            metadata = RunCheckpoint.read(folder.checkpoint)
+    precision.set_precision(config.mixed_precision)
+    try:
+        model, embedding_model, checkpoint = _fit(
+            data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback
+        )
+        if parallel is not None:
+            parallel.barrier()  # every process is done with the collectives before any leaves
+    except NonFiniteLossError as error:
+        resumable = (
+            " Rerunning the same command resumes it from the last finished epoch."
+            if os.path.isfile(os.path.join(folder.checkpoint, RunCheckpoint.METADATA)) else ""
+        )
+        if chief:
+            folder.write_status(FAILED, backend, f"{error}{resumable}")
+        raise NonFiniteLossError(f"{error} The run in {folder.path} is left unfinished.{resumable}") from None
+    except KeyboardInterrupt as error:  # SIGINT, SIGTERM (RunInterrupted): unfinished, resumable
+        if chief:
+            folder.write_status(UNFINISHED, backend, f"{error or 'interrupted'}: rerun the same command to resume")
+        raise
+    finally:
+        precision.set_precision(None)
+        if parallel is not None:
+            parallel.stop()  # saving and evaluating below run in the chief alone (a second stop is a no-op)
+    if not chief:
+        return None
+    return _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel)
+
+
+def _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel):
+    """Save, evaluate and mark the run finished; the checkpoint goes last, so any kill before resumes."""
+    folder.save_model(embedding_model, "embedding.keras")
+    folder.save_model(model, "model.keras")
+    if parallel is not None:  # the trained weights may live across processes: evaluate a local copy
+        embedding_model = keras.models.load_model(folder.file("embedding.keras"))
+    history = checkpoint.history()
+    folder.write_json("history.json", history)
+    evaluation = run_evaluation.evaluate(config, facts, embedding_model, data)
+    evaluation.write_plots(folder.path, history)
+    evaluation.write_calibration(folder.path)
+    metrics = evaluation.metrics
+    metrics["train_seconds"] = round(checkpoint.seconds, 1)
+    folder.write_json("metrics.json", metrics)
+    folder.write_status(FINISHED, facts["backend"])
+    folder.remove_checkpoint()
+    return metrics
+
+
+def _check_data_parallel(parallel, batch_size):
+    """The number of replicas, once the global batch is known to split evenly over them."""
+    try:
+        parallel.check_batch_size(batch_size)
+    except ValueError as error:
+        raise SiameseK3Error(f"--data-parallel: {error} (set it with --batch-size).") from None
+    return parallel.replicas
+
+
+# --------------------------------------------------------------------------
+# data and backbone
+# --------------------------------------------------------------------------
+
+
+def load_data(config, facts):
+    """The run's data: {x_train, y_train, x_test, y_test}, or {train, validation} for pairs:DIR.
+
+    Records the input shape (and class names) in `facts`.
+    """
+    if config.pairs_dir:
+        return _pairs_data(config, facts)
+    (x_train, y_train), (x_test, y_test) = load_dataset(config.dataset, data_dir=config.data_dir)
+    facts["input_shape"] = list(x_train.shape[1:])
+    facts["class_names"] = CLASS_NAMES.get(config.dataset.replace("-", "_"))
+    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
+
+
+def _pairs_data(config, facts):
+    directory, size = config.pairs_dir, config.image_size
+    options = dict(
+        target_shape=(size, size), batch_size=config.batch_size, seed=config.seed,
+        validation_split=config.validation_split, skip_unpaired=config.skip_unpaired,
+    )
+    facts["input_shape"] = [size, size, 3]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train = PairedImageFolders(directory, subset="training", **options)
+        # Validation batches may be smaller than training ones: a batch needs one spare pair for negatives.
+        names = find_pairs(directory, skip_unpaired=config.skip_unpaired, verify=False)
+        held_out = len(split_pair_names(names, config.validation_split, "validation", config.seed))
+        devices = facts.get("data_parallel_devices", 1)  # a batch must split evenly over them
+        if held_out < 1 + devices:
+            raise SiameseK3Error(
+                f"--validation-split {config.validation_split} holds out {held_out} pair of "
+                f"{len(names)} in {directory}: validation needs at least {1 + devices}; "
+                "raise --validation-split or add pairs."
+            )
+        options["batch_size"] = min(config.batch_size, held_out - 1) // devices * devices
+        # `train` has just verified every image of both subsets (find_pairs checks all pairs before the split).
+        validation = PairedImageFolders(directory, subset="validation", shuffle=False, verify_images=False, **options)
+    for message in dict.fromkeys(str(warning.message) for warning in caught):
+        logger.warning(message)
+    return {"train": train, "validation": validation}
+
+
+def build_backbone(config, input_shape):
+    """The backbone `config` names, with the arguments it takes (pixels 0-255 in)."""
+    check_backbone_name(config.backbone)
+    factory = backbones.BACKBONES[config.backbone]
+    wanted = {
+        "input_shape": tuple(input_shape),
+        "embedding_dim": config.embedding_dim,
+        "rescale": 1.0 / 255.0,
+        "normalize": True,
+        "weights": config.weights,
+    }
+    accepted = inspect.signature(factory).parameters
+    options = {key: value for key, value in wanted.items() if key in accepted}
+    return factory(**options, **(config.backbone_options or {}))
+
+
+# --------------------------------------------------------------------------
+# fit
+# --------------------------------------------------------------------------
+
+
+def _fit(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback):
+    with parallel.scope() if parallel is not None else contextlib.nullcontext():  # tf.distribute mirrors the variables
+        return _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback)
+
+
+def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback):
+    backbone = build_backbone(config, facts["input_shape"])
+    model, train_data, validation, compile_options = _model_and_batches(backbone, data, config)
+    schedule = keras.optimizers.schedules.CosineDecay(
+        config.learning_rate, decay_steps=max(1, config.epochs * len(train_data))
+    )
+    optimizer = precision.wrap_optimizer(keras.optimizers.Adam(schedule), config.mixed_precision)
+    model.compile(optimizer=optimizer, **compile_options)
+    if not model.built:
+        inputs = train_data[0][0]
+        if parallel is not None:  # no eager call on weights that may span processes
+            model.build(keras.tree.map_structure(lambda part: (None, *part.shape[1:]), inputs))
+        else:
+            model(tuple(part[:1] for part in inputs) if isinstance(model, SiameseModel) else inputs[:1])
+    checkpoint = RunCheckpoint(folder.checkpoint, writer=chief)
+    checkpoint.set_model(model)
+    initial_epoch = checkpoint.restore(metadata)
+    if hasattr(train_data, "set_epoch"):  # the batches continue where the checkpoint stopped
+        train_data.set_epoch(initial_epoch)
+    # The signal check first: an interrupted epoch is never checkpointed.
+    callbacks = [stop_callback, StopOnNonFiniteLoss(), _validation_callback(data, config, backbone), checkpoint]
+    if parallel is not None:
+        inputs = parallel.fit_inputs(train_data, validation)
+    else:
+        inputs = {"x": train_data, "validation_data": validation}
+    if initial_epoch < config.epochs:
+        # shuffle=False: the batches are drawn at random by the sampler, per epoch (resumable);
+        # keras' own shuffling of their order would draw from the process's global RNG.
+        model.fit(
+            **inputs, epochs=config.epochs, initial_epoch=initial_epoch, shuffle=False,
+            callbacks=[callback for callback in callbacks if callback is not None], verbose=verbose,
+        )
+    return model, standalone_embedding(backbone), checkpoint
+
+
+def _model_and_batches(backbone, data, config):
+    """(model, training batches, validation batches, compile options) for `config.loss`."""
+    labelled = "x_train" in data
+    if config.loss == "triplet":
+        model = SiameseModel(backbone, margin=config.margin, distance=config.distance)
+        if not labelled:
+            return model, data["train"], data["validation"], {}
+        train_data = TripletBatches(
+            data["x_train"], data["y_train"], config.batch_size, steps_per_epoch=config.steps_per_epoch,
+            seed=config.seed,
+        )
+        validation = TripletBatches(
+            data["x_test"], data["y_test"], config.batch_size, steps_per_epoch=VALIDATION_STEPS, seed=config.seed + 1,
+        )
+        return model, train_data, FixedBatches(validation), {}
+    sampler = dict(classes_per_batch=config.classes_per_batch, samples_per_class=config.batch_size // config.classes_per_batch)
+    train_data = ClassBalancedBatches(
+        data["x_train"], data["y_train"], steps_per_epoch=config.steps_per_epoch, seed=config.seed, **sampler,
+    )
+    validation = ClassBalancedBatches(
+        data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config.seed + 1, **sampler,
+    )
+    options = dict(margin=config.margin, distance=config.distance)
+    compile_options = {"loss": losses.get(config.loss, **options), "metrics": [FractionPositiveTriplets(**options)]}
+    return MiningModel(backbone), train_data, FixedBatches(validation), compile_options
+
+
+class FixedBatches(keras.utils.PyDataset):
+    """The first epoch's batches of `batches`, every epoch: the validation loss of every epoch is measured
+    on the same data, so epochs compare, and a resumed run validates as the uninterrupted one."""
+
+    def __init__(self, batches):
+        super().__init__()
+        self.batches = [batches[index] for index in range(len(batches))]
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __getitem__(self, index):
+        return self.batches[index]
+
+
+def _validation_callback(data, config, backbone):
+    """Per-epoch quality: retrieval on a fixed test sample, or ROC AUC of the held-out pairs."""
+    if "validation" in data:
+        return PairValidation(
+            *data["validation"].triplet_arrays(), distance=config.distance, embedding_model=backbone, batch_size=32,
+        )
+    size = min(config.validation_size, len(data["y_test"]))
+    if not size:
+        return None
+    return RetrievalValidation(
+        data["x_test"], data["y_test"], distance=config.distance, sample_size=size,
+        seed=config.seed, embedding_model=backbone, batch_size=512,  # as the final evaluation
+    )
+

@@ -1,0 +1,142 @@
+"""siamese_k3.api: every CLI flow as a Python call (train -> metrics -> embed -> similarity), on each backend."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+import siamese_k3
+from siamese_k3 import Run, TrainConfig
+from siamese_k3.errors import RunFolderError, SiameseK3Error
+
+from test_cli import write_clustered_idx
+
+TINY = dict(epochs=1, steps_per_epoch=3, batch_size=32, classes_per_batch=4, embedding_dim=8, validation_size=60,
+            verbose=0)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("api")
+    arrays = write_clustered_idx(root / "data", train=120, test=60)
+    run = siamese_k3.train(recipe="strong", out=str(root / "run"), data_dir=str(root / "data"), seed=2, **TINY)
+    return root, run, arrays
+
+
+def test_train_returns_the_run_with_its_metrics(trained):
+    root, run, _ = trained
+    assert isinstance(run, Run) and run.state == "finished"
+    with open(root / "run" / "metrics.json") as handle:
+        assert run.metrics == json.load(handle)
+    assert run.config == TrainConfig.from_recipe("strong", data_dir=str(root / "data"), seed=2, epochs=1,
+                                                 steps_per_epoch=3, batch_size=32, classes_per_batch=4,
+                                                 embedding_dim=8, validation_size=60)
+    assert run.config.backbone_options["flip"] is True  # the strong recipe's backbone
+    assert len(run.history["loss"]) == 1 and run.backend == keras.backend.backend()
+
+
+def test_embed_gives_float32_and_matches_the_saved_model(trained, tmp_path):
+    root, run, arrays = trained
+    images = arrays["x_test"][:4]
+    expected = keras.models.load_model(root / "run" / "embedding.keras").predict(images, verbose=0)
+    from_arrays = run.embed(images)
+    assert from_arrays.dtype == np.float32 and from_arrays.shape == (4, 8)
+    np.testing.assert_allclose(from_arrays, expected, atol=1e-5)
+    paths = []
+    for index, image in enumerate(images):
+        paths.append(tmp_path / f"{index}.png")
+        Image.fromarray(image).save(paths[-1])
+    np.testing.assert_allclose(run.embed(paths), expected, atol=1e-5)
+    np.testing.assert_allclose(run.embed(images[0]), expected[:1], atol=1e-5)  # one image, no batch axis
+
+
+def test_similarity_of_two_images_against_numpy(trained):
+    _, run, arrays = trained
+    first, second = run.embed(arrays["x_test"][:2]).astype(np.float64)
+    values = run.similarity(arrays["x_test"][0], arrays["x_test"][1])
+    assert values["euclidean"] == pytest.approx(np.linalg.norm(first - second), abs=1e-5)
+    cosine = first @ second / np.linalg.norm(first) / np.linalg.norm(second)
+    assert values["cosine_similarity"] == pytest.approx(cosine, abs=1e-5)
+
+
+def test_open_and_evaluate_give_the_same_metrics(trained):
+    root, run, _ = trained
+    again = Run.open(root / "run")
+    metrics = again.evaluate(plots=False)
+    for key in ("precision_at_1", "r_precision", "map_at_r"):
+        assert metrics[key] == pytest.approx(run.metrics[key], abs=1e-6)
+
+
+def test_images_of_the_wrong_shape_are_a_value_error(trained):
+    _, run, _ = trained
+    with pytest.raises(ValueError, match=r"expected \[N, 28, 28\]"):
+        run.embed(np.zeros((2, 32, 32)))
+
+
+def test_open_refuses_a_folder_that_is_not_a_run(tmp_path):
+    with pytest.raises(RunFolderError, match="not a run folder"):
+        Run.open(tmp_path)
+    assert issubclass(RunFolderError, SiameseK3Error) and issubclass(SiameseK3Error, ValueError)
+
+
+def test_an_unfinished_run_is_not_used(trained, tmp_path):
+    root, _, _ = trained
+    (tmp_path / "config.json").write_text((root / "run" / "config.json").read_text())
+    (tmp_path / "status.json").write_text(json.dumps({"state": "unfinished"}))
+    with pytest.raises(RunFolderError, match="unfinished run: rerun the same `siamese-k3 train` command"):
+        Run.open(tmp_path).embedding_model()
+
+
+def test_train_takes_a_config_or_its_fields_not_both(tmp_path):
+    with pytest.raises(TypeError, match="not both"):
+        siamese_k3.train(TrainConfig(), epochs=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="--seed must be an integer from 0"):
+        siamese_k3.train(seed=-1, out=str(tmp_path / "r"))
+    assert not (tmp_path / "r").exists()
+
+
+# --------------------------------------------------------------------------
+# search, calibrate, match (issue 26)
+# --------------------------------------------------------------------------
+
+
+def test_build_index_and_search_give_the_brute_force_neighbours(trained):
+    root, run, arrays = trained
+    index = run.build_index(dataset="fashion_mnist:train", engine="numpy")
+    assert len(index) == len(arrays["y_train"]) and (root / "run" / "index").is_dir()
+    result = run.search(arrays["x_test"][:5], k=3)
+    gallery = run.embed(arrays["x_train"]).astype(np.float64)
+    queries = run.embed(arrays["x_test"][:5]).astype(np.float64)
+    distances = np.sqrt(((queries[:, None, :] - gallery[None]) ** 2).sum(-1))
+    expected = np.argsort(distances, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(result.indices, expected)
+    np.testing.assert_allclose(result.distances, np.take_along_axis(distances, expected, 1), atol=1e-5)
+    np.testing.assert_array_equal(np.asarray(result.labels), arrays["y_train"][expected])
+    assert result.ids[0][0] == f"fashion_mnist:train:{expected[0, 0]}"
+
+
+def test_an_index_built_by_another_model_is_refused(trained, tmp_path):
+    import shutil
+
+    root, run, _ = trained
+    run.build_index(dataset="fashion_mnist:test", engine="numpy")
+    other = tmp_path / "other"
+    shutil.copytree(root / "run", other)
+    model = keras.models.load_model(other / "embedding.keras")
+    model.set_weights([weight * 0.5 for weight in model.get_weights()])
+    model.save(other / "embedding.keras")
+    with pytest.raises(ValueError, match="fingerprint"):
+        Run.open(other).search(np.zeros((1, 28, 28)), k=1)
+
+
+def test_calibration_is_written_and_similarity_gives_a_verdict(trained):
+    root, run, arrays = trained
+    assert (root / "run" / "calibration.json").is_file()  # train calibrates by default (best F1)
+    assert set(run.metrics["calibration"]) >= {"threshold", "held_out_precision", "held_out_recall"}
+    calibration, summary = run.calibrate(target_recall=0.5)
+    assert summary["recall"] >= 0.5 and calibration.objective == "recall"
+    values = run.similarity(arrays["x_test"][0], arrays["x_test"][0])
+    assert values["same"] is True and values["euclidean"] == pytest.approx(0.0, abs=1e-5)
+    assert values["threshold"] == pytest.approx(calibration.threshold)

@@ -1,0 +1,81 @@
+"""siamese_k3.config: a TrainConfig is the recipe plus overrides, checked where it is built."""
+
+import dataclasses
+
+import pytest
+
+from siamese_k3 import recipes
+from siamese_k3.config import TrainConfig, option
+from siamese_k3.errors import SiameseK3Error
+
+
+def test_unset_fields_take_the_recipes_values_and_given_ones_win():
+    config = TrainConfig.from_recipe("strong", epochs=2, margin=0.3)
+    strong = recipes.LABELLED["strong"]
+    assert (config.epochs, config.margin) == (2, 0.3)
+    for key in ("backbone", "backbone_options", "loss", "steps_per_epoch", "batch_size", "learning_rate"):
+        assert getattr(config, key) == strong[key], key
+
+
+def test_another_backbone_drops_the_recipes_backbone_options():
+    assert TrainConfig.from_recipe("strong", backbone="small_cnn").backbone_options == {}
+    assert TrainConfig.from_recipe("strong", backbone="small_cnn", backbone_options={"a": 1}).backbone_options == {"a": 1}
+
+
+def test_pairs_datasets_start_from_the_pairs_recipe():
+    config = TrainConfig(dataset="pairs:/data/tll")
+    assert config.pairs_dir == "/data/tll"
+    assert (config.backbone, config.loss, config.distance) == (recipes.PAIRS["backbone"], "triplet", "squared_euclidean")
+
+
+def test_a_config_round_trips_through_its_dict_and_ignores_the_runs_facts():
+    config = TrainConfig.from_recipe("default", epochs=3, seed=7)
+    saved = {**config.to_dict(), "backend": "jax", "input_shape": [28, 28]}
+    assert TrainConfig.from_dict(saved) == config
+    assert config.differences(saved) == []
+    assert config.differences({**saved, "epochs": 9}) == ["epochs"]
+    assert config.differences({**saved, "validation_size": 1}) == []  # what is logged, not what is trained
+
+
+def test_train_batch_size_is_p_times_k_for_mining_losses():
+    assert TrainConfig(batch_size=30, classes_per_batch=4).train_batch_size == 28
+    assert TrainConfig(batch_size=30, loss="triplet").train_batch_size == 30
+
+
+@pytest.mark.parametrize(
+    "options, fragment",
+    [
+        ({"seed": -1}, "--seed must be an integer from 0 to 2**32 - 1, got -1"),
+        ({"seed": 2**32}, "--seed must be an integer from 0 to 2**32 - 1, got 4294967296"),
+        ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
+        ({"batch_size": 7, "classes_per_batch": 4}, "--batch-size 7 with --classes-per-batch 4 leaves fewer than 2"),
+        ({"dataset": "cifar"}, "--dataset 'cifar' is unknown"),
+        ({"recipe": "fast"}, "--recipe 'fast' is unknown"),
+        ({"loss": "quadruplet"}, "--loss 'quadruplet' is unknown"),
+        ({"distance": "manhattan"}, "--distance 'manhattan' is unknown"),
+        ({"margin": float("nan")}, "not a valid margin"),
+        ({"learning_rate": 0.0}, "not a valid learning rate"),
+        ({"validation_split": 1.5}, "--validation-split 1.5 must lie strictly between 0 and 1"),
+        ({"mixed_precision": "fp8"}, "--mixed-precision 'fp8' is unknown"),
+        ({"dataset": "pairs:/x", "loss": "semi_hard"}, "use --loss triplet"),
+        ({"data_dir": "/no/such/folder"}, "--data-dir /no/such/folder is not a folder"),
+        ({"epochs": 2.5}, "--epochs must be a positive integer, got 2.5"),
+    ],
+)
+def test_a_bad_option_is_a_value_error_naming_it(options, fragment):
+    with pytest.raises(SiameseK3Error, match=None) as caught:
+        TrainConfig.from_recipe(**options)
+    assert isinstance(caught.value, ValueError)
+    assert fragment in str(caught.value)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unknown_field_is_named():
+    with pytest.raises(ValueError, match="unknown training option.*epoch_count"):
+        TrainConfig.from_recipe(epoch_count=3)
+
+
+def test_configs_are_frozen_and_options_are_spelled_as_on_the_command_line():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TrainConfig().epochs = 3
+    assert option("steps_per_epoch") == "--steps-per-epoch"

@@ -1,0 +1,58 @@
+"""The package's shape (STYLE.md): imports flow one way, and nothing below the CLI prints."""
+
+import ast
+import pathlib
+
+import pytest
+
+PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "siamese_k3"
+
+# Each module may import only modules of a strictly lower layer (and backend/, data/ as noted).
+LAYERS = [
+    ("errors",),
+    ("files", "checks", "recipes"),
+    ("config", "precision", "index"),
+    ("distances", "evaluation"),
+    ("losses", "backbones", "plots"),
+    ("metrics", "data", "parallel", "calibration"),
+    ("models", "callbacks", "inference", "export", "run_evaluation", "interrupts"),
+    ("run_folder",),
+    ("training",),
+    ("api",),
+    ("cli",),
+    ("__main__",),
+]
+LAYER = {name: depth for depth, names in enumerate(LAYERS) for name in names}
+
+
+def imported_modules(path):
+    """Top-level siamese_k3 modules a file imports (anywhere in it, function bodies included)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("siamese_k3"):
+            parts = node.module.split(".")
+            if len(parts) > 1:
+                found.add(parts[1])
+            else:
+                found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name.split(".")[1] for alias in node.names if alias.name.startswith("siamese_k3."))
+    return found - {"backend"}
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda path: path.stem)
+def test_imports_flow_one_way(path):
+    if path.stem == "__init__":
+        return  # the package entry imports what it exports
+    assert path.stem in LAYER, f"{path.stem} has no layer in tests/test_package.py: add it where it belongs"
+    upward = sorted(name for name in imported_modules(path) if LAYER.get(name, -1) >= LAYER[path.stem])
+    assert upward == [], f"{path.stem} imports {upward}, which are not below it"
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda path: path.stem)
+def test_only_the_cli_prints(path):
+    if path.stem in ("cli", "__main__"):
+        return
+    calls = [node for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"]
+    assert calls == [], f"{path.stem} prints on line {calls[0].lineno if calls else ''}: use the siamese_k3 logger"
