@@ -242,6 +242,45 @@ class Run:
         """The `k` nearest gallery items of each query (image paths or raw pixels): a `SearchResult`."""
         return self.index().search(self.embed(queries), k=k)
 
+    def images(self, references):
+        """(raw pixels [N, ...], labels [N] or None) of image files, or of dataset rows written NAME:split:ROW.
+
+        Files are read as the run's model reads them (their size must be the
+        run's, except for pairs:DIR runs); dataset rows come with their labels.
+        """
+        import numpy as np
+
+        if not all(isinstance(item, str) and not os.path.exists(item) and item.count(":") == 2 for item in references):
+            return inference.load_images(references, self.input_shape, resize=self.config.pairs_dir is not None), None
+        images, labels, splits = [], [], {}
+        for reference in references:
+            name, split, row = reference.split(":")
+            if not row.isdigit():
+                raise SiameseK3Error(f"{reference!r} is neither an image file nor a dataset row NAME:train|test:ROW.")
+            if (name, split) not in splits:  # each split read once
+                splits[name, split] = _dataset_gallery(f"{name}:{split}", self.config)
+            x, y, _ = splits[name, split]
+            if int(row) >= len(y):
+                raise SiameseK3Error(f"{reference!r}: {name}:{split} has {len(y)} rows.")
+            images.append(x[int(row)])
+            labels.append(y[int(row)])
+        return np.stack(images), np.asarray(labels)
+
+    def neighbour_images(self, result):
+        """[Q, k, ...] images of a `SearchResult`'s neighbours, read from the files or dataset rows their ids
+        name; None when the ids name neither (arrays indexed without ids)."""
+        import numpy as np
+
+        ids = [list(row) for row in (result.ids if result.ids is not None else [])]
+        flat = sorted({item for row in ids for item in row if item is not None})
+        if not flat or not all(isinstance(item, str) for item in flat):
+            return None
+        if not all(os.path.isfile(item) or item.count(":") == 2 for item in flat):
+            return None
+        loaded = dict(zip(flat, self.images(flat)[0]))
+        blank = np.zeros_like(next(iter(loaded.values())))
+        return np.stack([[loaded.get(item, blank) for item in row] for row in ids])
+
     def export(self, export_format, output=None):
         """Write the embedding model as ``"savedmodel"`` or ``"onnx"``; the path written.
 

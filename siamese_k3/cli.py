@@ -330,12 +330,10 @@ def index(args):
 
 
 def search(args):
-    import numpy as np
-
     from siamese_k3 import api, plots
 
     run = api.Run.open(args.run)
-    queries, query_labels = _query_images(run, args.queries)
+    queries, query_labels = run.images(args.queries)
     result = run.search(queries, k=args.k)
     for row, query in enumerate(args.queries):
         print(query)
@@ -346,7 +344,7 @@ def search(args):
             label = result.labels[row][rank] if result.labels is not None else ""
             print(f"  {rank + 1:>3}. {identifier}  {label}  {result.distances[row, rank]:.6f}")
     sheet = args.sheet or run.folder.file("search.png")
-    gallery = _gallery_images(run, result)
+    gallery = run.neighbour_images(result)
     if gallery is not None:
         labelled = query_labels is not None and result.labels is not None
         plots.plot_neighbours(queries, gallery, sheet, distances=result.distances, count=len(args.queries),
@@ -386,64 +384,6 @@ def _image_files(paths):
     if not files:
         raise SiameseK3Error(f"--images {' '.join(paths)} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
     return files
-
-
-def _query_images(run, queries):
-    """(raw pixels, labels or None) of queries: image files, or dataset rows written NAME:split:ROW."""
-    import numpy as np
-
-    if not all(not os.path.exists(query) and query.count(":") == 2 for query in queries):
-        return run_images(run, queries), None
-    from siamese_k3.data import load_dataset
-    from siamese_k3.errors import SiameseK3Error
-
-    images, labels = [], []
-    for query in queries:
-        name, split, row = query.split(":")
-        if split not in ("train", "test") or not row.isdigit():
-            raise SiameseK3Error(f"query {query!r} is neither an image file nor a dataset row NAME:train|test:ROW.")
-        data_dir = run.config.data_dir if name == run.config.dataset else None
-        (x_train, y_train), (x_test, y_test) = load_dataset(name, data_dir=data_dir)
-        x, y = (x_train, y_train) if split == "train" else (x_test, y_test)
-        if int(row) >= len(y):
-            raise SiameseK3Error(f"query {query!r}: {name}:{split} has {len(y)} rows.")
-        images.append(x[int(row)])
-        labels.append(y[int(row)])
-    return np.stack(images), np.asarray(labels)
-
-
-def run_images(run, paths):
-    """Raw pixels of image files, as the run's model reads them."""
-    from siamese_k3 import inference
-
-    return inference.load_images(paths, run.input_shape, resize=run.config.pairs_dir is not None)
-
-
-def _gallery_images(run, result):
-    """[Q, k, ...] images of the neighbours, from the dataset or the files their ids name; None if unknown."""
-    import numpy as np
-
-    ids = result.ids
-    if ids is None:
-        return None
-    flat = [identifier for row in ids for identifier in row if identifier is not None]
-    if not flat:
-        return None
-    if all(isinstance(identifier, str) and identifier.count(":") == 2 and not os.path.exists(identifier)
-           for identifier in flat):  # NAME:split:row  # fmt: skip
-        from siamese_k3.data import load_dataset
-
-        name, split, _ = flat[0].split(":")
-        data_dir = run.config.data_dir if name == run.config.dataset else None
-        (x_train, _), (x_test, _) = load_dataset(name, data_dir=data_dir)
-        images = x_train if split == "train" else x_test
-        rows = np.array([[int(str(i).rsplit(":", 1)[1]) if i is not None else 0 for i in row] for row in ids])
-        return images[rows]
-    if all(isinstance(identifier, str) and os.path.isfile(identifier) for identifier in flat):
-        loaded = {path: image for path, image in zip(flat, run_images(run, flat))}
-        blank = np.zeros_like(next(iter(loaded.values())))
-        return np.stack([[loaded.get(i, blank) for i in row] for row in ids])
-    return None
 
 
 def export(args):

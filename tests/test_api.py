@@ -140,3 +140,21 @@ def test_calibration_is_written_and_similarity_gives_a_verdict(trained):
     values = run.similarity(arrays["x_test"][0], arrays["x_test"][0])
     assert values["same"] is True and values["euclidean"] == pytest.approx(0.0, abs=1e-5)
     assert values["threshold"] == pytest.approx(calibration.threshold)
+
+
+def test_an_index_of_image_files_has_their_paths_as_ids_and_shows_their_images(trained, tmp_path):
+    _, run, arrays = trained
+    paths = []
+    for row in range(6):
+        paths.append(str(tmp_path / f"{row}.png"))
+        Image.fromarray(arrays["x_test"][row]).save(paths[-1])
+    run.build_index(images=paths, labels=arrays["y_test"][:6], engine="numpy")
+    queries, labels = run.images(paths[:2])
+    assert labels is None and queries.shape == (2, 28, 28)
+    result = run.search(queries, k=1)
+    assert [row[0] for row in result.ids] == paths[:2]  # each image is its own nearest
+    neighbours = run.neighbour_images(result)
+    np.testing.assert_array_equal(neighbours[:, 0], arrays["x_test"][:2])
+    rows, labels = run.images(["fashion_mnist:test:3"])
+    np.testing.assert_array_equal(rows[0], arrays["x_test"][3])
+    assert labels[0] == arrays["y_test"][3]
