@@ -110,7 +110,7 @@ def calibrate_held_out(embeddings, labels, distance, seed=0, target_precision=No
     summary = {
         "threshold": calibration.threshold, "objective": calibration.objective, "target": calibration.target,
         "precision": calibration.precision, "recall": calibration.recall,
-        "held_out_precision": true_positives / max(int(np.sum(predicted)), 1) if np.any(predicted) else 1.0,
+        "held_out_precision": true_positives / int(np.sum(predicted)) if np.any(predicted) else 1.0,
         "held_out_recall": true_positives / max(int(np.sum(is_same)), 1),
     }
     return calibration, summary

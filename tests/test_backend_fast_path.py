@@ -182,10 +182,14 @@ def test_evaluate_and_predict_progress_bars_count_no_step_past_the_end():
 @pytest.mark.skipif(keras.backend.backend() == "torch", reason="keras on torch runs one step per execution")
 def test_a_chosen_steps_per_execution_keeps_keras_progress_bar():
     """steps_per_execution=4 is the user's: keras' own bar counts as on keras' own path (keras 3.15 counts
-    the last execution whole, 8/7; keras 3.10 clips it)."""
+    the last execution whole, 8/7; keras 3.10 clips it).
+
+    Compared as multisets: on JAX, keras 3.10 runs batch-end callbacks on a thread pool
+    (`CallbackList._async_dispatch`), so the order of two updates within an epoch is keras' to choose.
+    """
     counts, _ = _progress_bar_counts(steps_per_execution=4)
     own, _ = _progress_bar_counts(steps_per_execution=4, fast_path=False)
-    assert counts == own
+    assert own and sorted(counts) == sorted(own)
 
 
 def test_progress_bar_callbacks_only_for_the_fast_paths_own_steps():

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_k3 import callbacks, cli, training
+from siamese_k3 import cli, training
 from siamese_k3.data import write_idx
 from siamese_k3.data.datasets import IDX_FILES
 from siamese_k3.evaluation import retrieval_metrics
@@ -158,36 +158,6 @@ def test_embed_and_similarity_on_image_files(labelled_run, tmp_path, capsys):
     assert distance == pytest.approx(np.linalg.norm(first - second), abs=1e-4)
     reference = first @ second / (np.linalg.norm(first) * np.linalg.norm(second))
     assert cosine == pytest.approx(reference, abs=1e-4)
-
-
-def test_killed_run_resumes_and_keeps_every_epoch(tmp_path, monkeypatch, capsys):
-    """Killed after epoch 1 of 3, the same command resumes at epoch 2 and ends with 3 epochs."""
-    write_clustered_idx(tmp_path / "data", train=80, test=40)
-    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-            "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
-    original = callbacks.RunCheckpoint  # the run folder's checkpoint
-    started_at = []
-
-    class KilledAfterFirstEpoch(original):
-        def restore(self, metadata):
-            epoch = super().restore(metadata)
-            started_at.append(epoch)
-            return epoch
-
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            if len(started_at) == 1:
-                raise KeyboardInterrupt
-
-    monkeypatch.setattr(training, "RunCheckpoint", KilledAfterFirstEpoch)
-    assert cli.main(args) == 130
-    assert (tmp_path / "r" / "backup").is_dir() and not (tmp_path / "r" / "metrics.json").exists()
-    assert cli.main(args) == 0
-    assert started_at == [0, 1]
-    assert "Resuming" in capsys.readouterr().out
-    history = read_json(tmp_path / "r" / "history.json")
-    assert len(history["loss"]) == len(history["val_map_at_r"]) == 3  # the resumed epochs keep their metrics
-    assert not (tmp_path / "r" / "backup").exists()
 
 
 def test_unfinished_run_with_other_options_is_refused(tmp_path, capsys):

@@ -8,6 +8,7 @@ processes.
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -101,7 +102,7 @@ def checkpoint_epoch(out):
 
 @pytest.mark.parametrize("after_epoch", [1, 2])
 def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run(
-    after_epoch, data_dir, uninterrupted, tmp_path, monkeypatch
+    after_epoch, data_dir, uninterrupted, tmp_path, monkeypatch, capsys
 ):
     """Issue 24 #3: the sampler's epoch, the optimizer and the RNG state continue; history, metrics and
     weights equal the uninterrupted run's (bit for bit on torch)."""
@@ -119,8 +120,10 @@ def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run
     monkeypatch.undo()
     assert read_json(out / "status.json")["state"] == "unfinished"
     assert checkpoint_epoch(out) == after_epoch
+    capsys.readouterr()
     assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
-    assert_same_run(out, uninterrupted)
+    assert "Resuming the unfinished run" in capsys.readouterr().out
+    assert_same_run(out, uninterrupted)  # every epoch's history, the metrics, the weights; backup/ gone
 
 
 def test_a_kill_9_in_training_then_the_same_command_gives_the_uninterrupted_run(data_dir, uninterrupted, tmp_path):
@@ -187,8 +190,10 @@ def test_an_interruption_after_the_metrics_before_finished_resumes(data_dir, uni
 # --------------------------------------------------------------------------
 
 
-def interrupted_run(data_dir, out, monkeypatch):
-    """An unfinished run folder checkpointed after epoch 1."""
+@pytest.fixture(scope="module")
+def interrupted_after_first_epoch(data_dir, tmp_path_factory):
+    """An unfinished run folder checkpointed after epoch 1 (each test damages its own copy)."""
+    out = tmp_path_factory.mktemp("interrupted") / "run"
     original = training.RunCheckpoint
 
     class StopAfterFirst(original):
@@ -196,36 +201,53 @@ def interrupted_run(data_dir, out, monkeypatch):
             super().on_epoch_end(epoch, logs)
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "RunCheckpoint", StopAfterFirst)
-    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 130
-    monkeypatch.undo()
-    return read_json(out / "backup" / "training_metadata.json")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "RunCheckpoint", StopAfterFirst)
+        assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 130
+    return out
+
+
+def damage_checkpoint(out, damage):
+    """Damages the checkpoint of the unfinished run in `out` as named; returns the damaged file."""
+    metadata = read_json(out / "backup" / "training_metadata.json")
+    weights = out / "backup" / metadata["weights"]
+    if damage == "missing_weights":
+        weights.unlink()
+        return weights
+    if damage == "truncated_weights":
+        weights.write_bytes(weights.read_bytes()[:4096])
+        return weights
+    damaged = out / "backup" / "training_metadata.json"
+    if damage == "bad_metadata":
+        damaged.write_text('{"epoch": 1, "weights"')
+    else:  # inconsistent_epochs: the metadata claims an epoch the weights do not hold
+        damaged.write_text(json.dumps({**metadata, "epoch": 2}))
+    return damaged
 
 
 @pytest.mark.parametrize("damage", ["missing_weights", "truncated_weights", "bad_metadata", "inconsistent_epochs"])
-def test_a_damaged_checkpoint_stops_with_one_line_naming_the_file(damage, data_dir, tmp_path, monkeypatch, capsys):
+def test_a_damaged_checkpoint_stops_with_one_line_naming_the_file(
+    damage, data_dir, interrupted_after_first_epoch, tmp_path, capsys
+):
     """Issue 24 #1: with backup/latest.weights.h5 gone keras resumed an untrained model and called it finished."""
     out = tmp_path / "run"
-    metadata = interrupted_run(data_dir, out, monkeypatch)
-    weights = out / "backup" / metadata["weights"]
-    damaged = weights
-    if damage == "missing_weights":
-        weights.unlink()
-    elif damage == "truncated_weights":
-        weights.write_bytes(weights.read_bytes()[:4096])
-    else:
-        damaged = out / "backup" / "training_metadata.json"
-        if damage == "bad_metadata":
-            damaged.write_text('{"epoch": 1, "weights"')
-        else:
-            damaged.write_text(json.dumps({**metadata, "epoch": 2}))
+    shutil.copytree(interrupted_after_first_epoch, out)
+    damaged = damage_checkpoint(out, damage)
     capsys.readouterr()
     assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 1
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and "Traceback" not in error
     assert str(damaged) in error and "--overwrite" in error
     assert not (out / "metrics.json").exists() and read_json(out / "status.json")["state"] == "unfinished"
+
+
+def test_overwrite_trains_afresh_over_a_damaged_checkpoint(data_dir, interrupted_after_first_epoch, uninterrupted, tmp_path):
+    """The way out the error names: --overwrite gives the run trained in one go."""
+    out = tmp_path / "run"
+    shutil.copytree(interrupted_after_first_epoch, out)
+    damage_checkpoint(out, "truncated_weights")
     assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL, "--overwrite"]) == 0
+    assert_same_run(out, uninterrupted)
 
 
 # --------------------------------------------------------------------------
