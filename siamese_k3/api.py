@@ -258,8 +258,8 @@ class Run:
             if not row.isdigit():
                 raise SiameseK3Error(f"{reference!r} is neither an image file nor a dataset row NAME:train|test:ROW.")
             if (name, split) not in splits:  # each split read once
-                splits[name, split] = _dataset_gallery(f"{name}:{split}", self.config)
-            x, y, _ = splits[name, split]
+                splits[name, split] = _dataset_split(name, split, self.config, repr(reference))
+            x, y = splits[name, split]
             if int(row) >= len(y):
                 raise SiameseK3Error(f"{reference!r}: {name}:{split} has {len(y)} rows.")
             images.append(x[int(row)])
@@ -319,15 +319,20 @@ def _image(image):
     return np.asarray(Image.open(image), np.float32) if _is_path(image) else np.asarray(image)
 
 
-def _dataset_gallery(dataset, config):
-    """(images, labels, ids) of ``NAME[:split]`` (split: train or test, default test)."""
+def _dataset_split(name, split, config, argument):
+    """(images, labels) of a dataset's train or test split; `argument` names what the user wrote, for errors."""
     from siamese_k3.data import load_dataset
 
-    name, _, split = dataset.partition(":")
-    split = split or "test"
     if split not in ("train", "test"):
-        raise SiameseK3Error(f"--dataset {dataset!r}: the split must be train or test, as in fashion_mnist:train.")
+        raise SiameseK3Error(f"{argument}: the split must be train or test, as in fashion_mnist:train.")
     data_dir = config.data_dir if name == config.dataset else None
     (x_train, y_train), (x_test, y_test) = load_dataset(name, data_dir=data_dir)
-    images, labels = (x_train, y_train) if split == "train" else (x_test, y_test)
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+def _dataset_gallery(dataset, config):
+    """(images, labels, ids) of ``NAME[:split]`` (split: train or test, default test)."""
+    name, _, split = dataset.partition(":")
+    split = split or "test"
+    images, labels = _dataset_split(name, split, config, f"--dataset {dataset!r}")
     return images, labels, [f"{name}:{split}:{row}" for row in range(len(labels))]

@@ -82,6 +82,9 @@ ERRORS = [
     (lambda root, out, image: ["search", out, image, "-k", "100000"], 1, "ask for at most k="),
     (lambda root, out, image: ["index", out, "--dataset", "fashion_mnist:validation"], 1, "split must be train or test"),
     (lambda root, out, image: ["index", out, "--images", root / "empty_folder"], 1, "holds no image files"),
+    (lambda root, out, image: ["search", out, "fashion_mnist:validation:3"], 1,
+     "'fashion_mnist:validation:3': the split must be train or test"),
+    (lambda root, out, image: ["search", out, "fashion_mnist:test:x"], 1, "neither an image file nor a dataset row"),
     (lambda root, out, image: ["calibrate", out, "--target-precision", "2"], 2, "expected a number in (0, 1]"),
 ]
 

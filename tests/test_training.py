@@ -95,18 +95,8 @@ def checkpoint_epoch(out):
         return 0
 
 
-# --------------------------------------------------------------------------
-# exact resume
-# --------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("after_epoch", [1, 2])
-def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run(
-    after_epoch, data_dir, uninterrupted, tmp_path, monkeypatch, capsys
-):
-    """Issue 24 #3: the sampler's epoch, the optimizer and the RNG state continue; history, metrics and
-    weights equal the uninterrupted run's (bit for bit on torch)."""
-    out = tmp_path / "run"
+def interrupt_after(after_epoch, data_dir, out):
+    """Trains the SMALL run into `out` with a Ctrl-C right after epoch `after_epoch` is checkpointed."""
     original = training.RunCheckpoint
 
     class StopAfter(original):
@@ -115,9 +105,24 @@ def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run
             if epoch + 1 == after_epoch:
                 raise KeyboardInterrupt
 
-    monkeypatch.setattr(training, "RunCheckpoint", StopAfter)
-    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 130
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training, "RunCheckpoint", StopAfter)
+        assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 130
+
+
+# --------------------------------------------------------------------------
+# exact resume
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("after_epoch", [1, 2])
+def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run(
+    after_epoch, data_dir, uninterrupted, tmp_path, capsys
+):
+    """Issue 24 #3: the sampler's epoch, the optimizer and the RNG state continue; history, metrics and
+    weights equal the uninterrupted run's (bit for bit on torch)."""
+    out = tmp_path / "run"
+    interrupt_after(after_epoch, data_dir, out)
     assert read_json(out / "status.json")["state"] == "unfinished"
     assert checkpoint_epoch(out) == after_epoch
     capsys.readouterr()
@@ -194,16 +199,7 @@ def test_an_interruption_after_the_metrics_before_finished_resumes(data_dir, uni
 def interrupted_after_first_epoch(data_dir, tmp_path_factory):
     """An unfinished run folder checkpointed after epoch 1 (each test damages its own copy)."""
     out = tmp_path_factory.mktemp("interrupted") / "run"
-    original = training.RunCheckpoint
-
-    class StopAfterFirst(original):
-        def on_epoch_end(self, epoch, logs=None):
-            super().on_epoch_end(epoch, logs)
-            raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "RunCheckpoint", StopAfterFirst)
-        assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 130
+    interrupt_after(1, data_dir, out)
     return out
 
 
