@@ -1,22 +1,53 @@
-"""Test sessions, one per Keras backend, each installing keras plus ONLY that backend.
+"""Test sessions, one virtualenv per Keras backend, each installing keras plus ONLY that backend.
 
-    nox                      # the three test sessions, the portability check, the distributed runs
-    nox -s "tests(backend='jax')"
-    nox -s distributed       # 2-process data-parallel training on each backend's own engine (CPU)
-    nox -s keras_floor       # the fast path's suite on the oldest keras pyproject allows
-    nox -s keras_newest      # ... and on the newest release it allows
-    nox -s bench_smoke       # every benchmark entry point on tiny sizes, native losses checked equal to keras'
-    nox -s docs              # the API reference (mkdocs --strict) into site/, no keras needed
-    nox -s bench             # benchmarks, not run by default
+    nox                                   # everything CI runs (the default sessions below), then a timing table
+    nox -s "tests(backend='jax')"         # one backend: unit tests, distributed runs, benchmark smoke, keras range
+    nox -s "tests(backend='jax')" -- tests/test_losses.py -x   # with arguments: only that pytest call
+    nox -s keras_floor                    # the fast path's suite on the oldest keras pyproject allows
+    nox -s portability                    # models saved on each backend load on the other two (needs the 3 venvs)
+    nox -s docs                           # the API reference (mkdocs --strict) into site/, no keras needed
+    nox -s bench                          # benchmarks, not run by default
+
+`tests(backend)` makes one virtualenv and runs, as separate pytest calls in it:
+
+1. the unit tests (`pytest -m "not portability and not distributed and not bench_smoke"`): those
+   marked ``timed`` (wall-clock bounds, races of real processes) one at a time after the rest,
+   which run on `WORKERS` pytest-xdist workers (one per core);
+2. the distributed runs (``-m distributed``): 2-process data-parallel training launched as users
+   launch it (torchrun, jax.distributed, TF_CONFIG), on CPU;
+3. the benchmark smoke (``-m bench_smoke``): every benchmark entry point on tiny sizes, each native
+   loop's first loss equal to keras';
+4. the fast path's suite (`FAST_PATH_SUITE`) on the newest keras release pyproject allows, skipped
+   (saying so) when that release is the one `constraints.txt` pins, which step 1 already ran;
+
+`keras_floor(backend)` runs the same suite on the oldest keras pyproject allows
+(`constraints-keras-floor.txt`), in its own virtualenv, since it also needs an older TensorFlow.
+
+CI's budget is 35 minutes on a 2-core machine (tests/README.md); the `timings` session, last in the
+default list, prints one row per session with its wall time.
 """
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "portability", "distributed", "keras_floor", "keras_newest", "bench_smoke", "docs"]
+nox.options.sessions = ["tests", "keras_floor", "portability", "docs", "timings"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
 CONSTRAINTS = ("-c", "constraints.txt")
+UNIT = "not portability and not distributed and not bench_smoke"
+# Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
+# on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
+WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
+# --dist loadfile: a module's tests share one worker, so its module-scoped runs are made once.
+PARALLEL = ("-n", WORKERS, "--dist", "loadfile")
 # What the fast path's keras range is checked with: the conformance suite, the internals
 # and canaries, the backend modules' own tests and the models'.
 FAST_PATH_SUITE = (
@@ -24,17 +55,42 @@ FAST_PATH_SUITE = (
     "tests/test_backend_torch_steps.py", "tests/test_backend_torch_forward.py", "tests/test_backend_torch_kernels.py",
     "tests/test_backend_tensorflow_arrays.py", "tests/test_models.py",
 )
+DURATIONS = ("--durations", "15")  # the slowest tests of each pytest call, printed at its end
+# One file per `nox` call (sessions run inside the nox process), read by the `timings` session.
+TIMINGS = Path(".nox") / f"session-timings-{os.getpid()}.json"
+BUDGET_MINUTES = 35
 
 
-@nox.session
-@nox.parametrize("backend", BACKENDS)
-def tests(session, backend):
-    """pytest on one backend; a stray `import tensorflow` fails the jax and torch sessions.
+def timed(function):
+    """Record the session's wall time and result in .nox/session-timings.json, for the `timings` table."""
+    def session_function(session, **parameters):
+        start, result = time.perf_counter(), "failed"
+        try:
+            function(session, **parameters)
+            result = "passed"
+        except BaseException as error:  # a failed command, session.error() and session.skip() all raise
+            result = "skipped" if type(error).__name__ == "_SessionSkip" else "failed"
+            raise
+        finally:
+            _record(session.name, time.perf_counter() - start, result)
 
-    FAISS (the `search` extra) is installed on every backend, as it is backend-independent:
-    tests/test_index.py checks its engine and, with engine="numpy", the fallback without it.
-    """
-    session.install(*CONSTRAINTS, "-e", f".[{backend},test,export,search]")
+    session_function.__name__ = function.__name__
+    session_function.__doc__ = function.__doc__
+    session_function.__signature__ = inspect.signature(function)
+    return session_function
+
+
+def _record(name, seconds, result):
+    TIMINGS.parent.mkdir(exist_ok=True)
+    timings = json.loads(TIMINGS.read_text()) if TIMINGS.is_file() else {}
+    timings[name] = {"seconds": round(seconds, 1), "result": result}
+    TIMINGS.write_text(json.dumps(timings, indent=1))
+
+
+def install_isolated(session, backend, constraints):
+    """keras, siamese_k3 and ONLY `backend`; a stray other backend in the venv fails the session."""
+    extras = f"{backend},test,export,search,bench" + (",bench-jax" if backend == "jax" else "")
+    session.install(*constraints, "-e", f".[{extras}]")
     others = [name for name in BACKENDS if name != backend]
     session.run(
         "python", "-c",
@@ -42,43 +98,130 @@ def tests(session, backend):
         f"present = [m for m in {others!r} if importlib.util.find_spec(m)]; "
         "sys.exit(f'other backends installed: {present}' if present else 0)",
     )
-    session.run(
-        "pytest", "-m", "not portability and not distributed and not bench_smoke", *session.posargs,
-        env={"KERAS_BACKEND": backend},
-    )
+
+
+def pytest(session, backend, *arguments):
+    # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
+    session.run("python", "-m", "pytest", *DURATIONS, *arguments, env={"KERAS_BACKEND": backend})
+
+
+def keras_version(session, backend):
+    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
+
+
+def newest_keras():
+    """The newest keras release pyproject allows, from the package index; None when the index can't be read."""
+    try:
+        from packaging.specifiers import SpecifierSet
+        from packaging.version import Version
+
+        listing = subprocess.run(
+            [sys.executable, "-m", "pip", "index", "versions", "keras"], capture_output=True, text=True, timeout=120,
+        ).stdout
+        versions = [Version(v.strip()) for v in listing.split("Available versions:")[1].splitlines()[0].split(",")]
+    except Exception:  # no index, an old pip, or no packaging: then the session runs rather than skips
+        return None
+    allowed = SpecifierSet(_pyproject_keras_range())
+    return str(max(v for v in versions if v in allowed and not v.is_prerelease))
+
+
+def _pyproject_keras_range():
+    text = Path("pyproject.toml").read_text()
+    line = next(line for line in text.splitlines() if line.strip().startswith('"keras'))
+    return line.split('"')[1].removeprefix("keras")
+
+
+def pinned(name, constraints="constraints.txt"):
+    for line in Path(constraints).read_text().splitlines():
+        if line.startswith(f"{name}=="):
+            return line.split("==")[1].strip()
+    return None
 
 
 @nox.session
 @nox.parametrize("backend", BACKENDS)
-def distributed(session, backend):
-    """Data-parallel training launched as users launch it (torchrun, jax.distributed, TF_CONFIG), 2 processes on CPU."""
-    session.install(*CONSTRAINTS, "-e", f".[{backend},test]")
-    session.run("pytest", "-m", "distributed", *session.posargs, env={"KERAS_BACKEND": backend})
+@timed
+def tests(session, backend):
+    """Everything one backend checks, in one venv: unit tests, distributed runs, benchmark smoke, newest keras.
+
+    A stray `import tensorflow` fails the jax and torch sessions, since only the session's backend is
+    installed. FAISS (the `search` extra) is installed on every backend, as it is backend-independent:
+    tests/test_index.py checks its engine and, with engine="numpy", the fallback without it. With
+    arguments (`nox -s "tests(backend='jax')" -- ARGS`), only the unit pytest call runs, with ARGS.
+    """
+    install_isolated(session, backend, CONSTRAINTS)
+    if session.posargs:
+        pytest(session, backend, "-m", UNIT, *session.posargs)
+        return
+    pytest(session, backend, "-m", f"({UNIT}) and not timed", *PARALLEL)
+    pytest(session, backend, "-m", f"({UNIT}) and timed", "-p", "no:xdist")
+    pytest(session, backend, "-m", "distributed")
+    pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL)
+    newest, pin = newest_keras(), pinned("keras")
+    if newest is not None and newest == pin:
+        session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")
+    else:
+        session.log(f"keras newest: {newest or 'unknown (no index)'} instead of the pinned {pin}")
+        session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
+        keras_version(session, backend)
+        pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL)
+        session.install(*CONSTRAINTS, "-e", f".[{backend}]")  # back to the pins, for the portability session
 
 
 @nox.session
+@nox.parametrize("backend", BACKENDS)
+@timed
+def keras_floor(session, backend):
+    """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
+    session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
+    keras_version(session, backend)
+    pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL))
+
+
+@nox.session(venv_backend="none")
+@timed
 def portability(session):
-    """Models saved on each backend load on the other two with the same embeddings."""
-    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,test,export]")
-    session.run("pytest", "-m", "portability", *session.posargs)
+    """Models saved on each backend load on the other two with the same embeddings.
+
+    Each backend runs in its own `tests` virtualenv (keras plus only that backend), so a model saved
+    where only TensorFlow is installed is loaded where only JAX is: run the `tests` sessions first
+    (`nox -s tests --install-only` is enough).
+    """
+    pythons = {backend: Path(".nox") / f"tests-backend-{backend}" / "bin" / "python" for backend in BACKENDS}
+    missing = [backend for backend, python in pythons.items() if not python.is_file()]
+    if missing:
+        session.error(f"no tests virtualenv for {', '.join(missing)}: run `nox -s tests --install-only` first.")
+    env = {f"SIAMESE_K3_PYTHON_{backend.upper()}": str(python.resolve()) for backend, python in pythons.items()}
+    session.run(str(pythons["torch"]), "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
+                env={"KERAS_BACKEND": "torch", **env}, external=True)
 
 
 @nox.session
+@timed
 def docs(session):
     """The API reference into site/, warnings as errors; griffe reads the source, so no keras or backend."""
     session.install("mkdocs>=1.6,<2", "mkdocstrings[python]>=0.26,<2", "mkdocstrings-python>=1.11,<3")
     session.run("mkdocs", "build", "--strict", "--site-dir", "site", *session.posargs)
 
 
-@nox.session
-@nox.parametrize("backend", BACKENDS)
-def bench_smoke(session, backend):
-    """Every benchmark entry point on tiny sizes on one backend; each native loop's first loss equals keras'."""
-    extras = f"{backend},test,bench,search" + (",bench-jax" if backend == "jax" else "")
-    session.install(*CONSTRAINTS, "-e", f".[{extras}]")
-    # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
-    session.run("python", "-m", "pytest", "-m", "bench_smoke", "tests/test_benchmarks.py", *session.posargs,
-                env={"KERAS_BACKEND": backend})
+@nox.session(venv_backend="none")
+def timings(session):
+    """One row per session of this `nox` call: its wall time and result, against CI's 35-minute budget."""
+    if not TIMINGS.is_file():
+        session.skip("no session of this nox call recorded its time")
+    rows = json.loads(TIMINGS.read_text())
+    width = max(len(name) for name in rows)
+    lines = [f"{'session'.ljust(width)}  {'wall':>9}  result", f"{'-' * width}  {'-' * 9}  ------"]
+    total = 0.0
+    for name, row in rows.items():
+        total += row["seconds"]
+        lines.append(f"{name.ljust(width)}  {_minutes(row['seconds']):>9}  {row['result']}")
+    lines.append(f"{'total'.ljust(width)}  {_minutes(total):>9}  (budget {BUDGET_MINUTES} min on 2 cores)")
+    print("\n".join(lines), flush=True)
+
+
+def _minutes(seconds):
+    return f"{int(seconds // 60)}:{int(seconds % 60):02d}"
 
 
 @nox.session
@@ -86,21 +229,3 @@ def bench(session):
     """The training-core benchmark on every backend (see benchmarks/README)."""
     session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,bench,bench-jax]", "pytorch-metric-learning")
     session.run("python", "-m", "benchmarks.train_core", *session.posargs)
-
-
-@nox.session
-@nox.parametrize("backend", BACKENDS)
-def keras_floor(session, backend):
-    """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
-    session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
-    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
-    session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})
-
-
-@nox.session
-@nox.parametrize("backend", BACKENDS)
-def keras_newest(session, backend):
-    """The fast path's suite on the newest keras release pyproject allows (only torch pinned)."""
-    session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
-    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
-    session.run("pytest", *FAST_PATH_SUITE, *session.posargs, env={"KERAS_BACKEND": backend})

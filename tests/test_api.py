@@ -1,6 +1,7 @@
 """siamese_k3.api: every CLI flow as a Python call (train -> metrics -> embed -> similarity), on each backend."""
 
 import json
+import shutil
 
 import keras
 import numpy as np
@@ -8,33 +9,50 @@ import pytest
 from PIL import Image
 
 import siamese_k3
-from siamese_k3 import Run, TrainConfig
+from siamese_k3 import Run, TrainConfig, training
 from siamese_k3.errors import RunFolderError, SiameseK3Error
-
-from test_cli import write_clustered_idx
+from siamese_k3.run_folder import RunFolder
 
 TINY = dict(epochs=1, steps_per_epoch=3, batch_size=32, classes_per_batch=4, embedding_dim=8, validation_size=60,
             verbose=0)
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(finished_run, tmp_path_factory):
+    """A copy of the session's finished run (conftest.py), opened as a `Run`: the tests here index and calibrate it."""
     root = tmp_path_factory.mktemp("api")
-    arrays = write_clustered_idx(root / "data", train=120, test=60)
+    shutil.copytree(finished_run.out, root / "run", ignore=shutil.ignore_patterns(".lock"))
+    return root, Run.open(root / "run"), finished_run.arrays
+
+
+def test_train_builds_the_recipes_config_with_the_fields_over_it_and_returns_the_run(trained, monkeypatch, tmp_path):
+    """`siamese_k3.train(**fields)` hands training the recipe's `TrainConfig` with the fields over it, and returns
+    the folder it trained as a `Run` (training itself: the session's run and tests/test_training.py)."""
+    root, _, _ = trained
+    (root / "data").mkdir(exist_ok=True)
+    handed = {}
+
+    def train_run(config, out=None, **options):
+        handed.update(config=config, out=out, **options)
+        return RunFolder(out), {"precision_at_1": 1.0}
+
+    monkeypatch.setattr(training, "train_run", train_run)
     run = siamese_k3.train(recipe="strong", out=str(root / "run"), data_dir=str(root / "data"), seed=2, **TINY)
-    return root, run, arrays
+    assert isinstance(run, Run) and run.path == str(root / "run") and handed["out"] == str(root / "run")
+    assert handed["config"] == TrainConfig.from_recipe("strong", data_dir=str(root / "data"), seed=2, epochs=1,
+                                                       steps_per_epoch=3, batch_size=32, classes_per_batch=4,
+                                                       embedding_dim=8, validation_size=60)
+    assert handed["config"].backbone_options["flip"] is True  # the strong recipe's backbone
+    assert handed["verbose"] == 0 and handed["overwrite"] is False
 
 
-def test_train_returns_the_run_with_its_metrics(trained):
+def test_a_trained_run_has_its_metrics_history_and_config(trained):
     root, run, _ = trained
     assert isinstance(run, Run) and run.state == "finished"
     with open(root / "run" / "metrics.json") as handle:
         assert run.metrics == json.load(handle)
-    assert run.config == TrainConfig.from_recipe("strong", data_dir=str(root / "data"), seed=2, epochs=1,
-                                                 steps_per_epoch=3, batch_size=32, classes_per_batch=4,
-                                                 embedding_dim=8, validation_size=60)
-    assert run.config.backbone_options["flip"] is True  # the strong recipe's backbone
-    assert len(run.history["loss"]) == 1 and run.backend == keras.backend.backend()
+    assert run.config.recipe == "default" and run.config.seed == 3 and run.config.epochs == 2
+    assert len(run.history["loss"]) == 2 and run.backend == keras.backend.backend()
 
 
 def test_embed_gives_float32_and_matches_the_saved_model(trained, tmp_path):
@@ -118,8 +136,6 @@ def test_build_index_and_search_give_the_brute_force_neighbours(trained):
 
 
 def test_an_index_built_by_another_model_is_refused(trained, tmp_path):
-    import shutil
-
     root, run, _ = trained
     run.build_index(dataset="fashion_mnist:test", engine="numpy")
     other = tmp_path / "other"

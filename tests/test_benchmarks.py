@@ -1,7 +1,7 @@
 """The benchmark harness on tiny sizes: every entry point runs, and each native loop trains what keras trains.
 
-Run by ``nox -s bench_smoke`` (one session per backend, each installing only
-that backend), not by the default test sessions: `check_native` asserts that
+Run by each ``nox -s tests`` session (one per backend, each installing only
+that backend) as its own pytest call (``pytest -m bench_smoke``): `check_native` asserts that
 every native baseline's first-step loss equals keras' on the same batch and
 weights (the model, its batch-norm mode and the loss algorithm), for every
 workload the README's tables use; the launchers must produce their rows and

@@ -16,14 +16,20 @@ from siamese_k3 import cli
 from test_cli import TINY, write_clustered_idx
 
 BACKEND = keras.backend.backend()
+# One epoch of two steps: enough where a test needs a finished run with a property other than quality.
+SHORT = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--classes-per-batch", "4",
+         "--embedding-dim", "8", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
+def finished(finished_run, tmp_path_factory):
+    """A copy of the session's finished run (conftest.py), indexed; its data in ROOT/data."""
+    import shutil
+
     root = tmp_path_factory.mktemp("contract")
-    write_clustered_idx(root / "data", train=80, test=40)
+    shutil.copytree(finished_run.root / "data", root / "data")
     out = root / "run"
-    assert cli.main(["train", "--data-dir", str(root / "data"), "--out", str(out), *TINY]) == 0
+    shutil.copytree(finished_run.out, out, ignore=shutil.ignore_patterns(".lock"))
     assert cli.main(["index", str(out), "--dataset", "fashion_mnist:train", "--engine", "numpy"]) == 0
     image = root / "image.png"
     Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
@@ -181,7 +187,7 @@ def test_embed_after_a_bfloat16_run_writes_float32(tmp_path, capsys):
     """`embed` after a mixed_bfloat16 run wrote raw bfloat16 bytes (dtype |V2) and reported success."""
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     out = tmp_path / "run"
-    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), *TINY, "--mixed-precision", "mixed_bfloat16"]
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), *SHORT, "--mixed-precision", "mixed_bfloat16"]
     assert cli.main(args) == 0
     image = tmp_path / "a.png"
     Image.fromarray(np.full((28, 28), 128, np.uint8)).save(image)
@@ -195,18 +201,21 @@ def test_embed_after_a_bfloat16_run_writes_float32(tmp_path, capsys):
 
 
 def test_a_collapsed_embedding_is_flagged_and_strict_fails(tmp_path, capsys):
-    """--learning-rate 1e9 maps every image to one point: flagged in the table and metrics.json; --strict exits 1."""
+    """--learning-rate 1e9 maps every image to one point: flagged in the table and metrics.json; --strict exits 1.
+
+    One run: --strict fails only after the run finished and its table was printed.
+    """
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     out = tmp_path / "run"
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), *TINY, "--learning-rate", "1e9"]
-    code = cli.main(args)
+    code = cli.main([*args, "--strict"])
     captured = capsys.readouterr()
     if code == 1 and "loss became" in captured.err:
         pytest.skip("this backend's loss went non-finite first (stopped as failed, which is also not silent)")
-    assert code == 0
+    assert code == 1 and "collapsed" in captured.err and "--strict" in captured.err
     with open(out / "metrics.json") as handle:
         collapse = json.load(handle)["collapse"]
     assert collapse["collapsed"] is True and collapse["distinct_fraction"] < 0.1
     assert "COLLAPSED" in captured.out
-    assert cli.main([*args, "--overwrite", "--strict"]) == 1
-    assert "collapsed" in capsys.readouterr().err
+    with open(out / "status.json") as handle:
+        assert json.load(handle)["state"] == "finished"

@@ -5,6 +5,8 @@ or runtime is not installed is skipped, naming the package.
 """
 
 import importlib.util
+import json
+import shutil
 
 import keras
 import numpy as np
@@ -14,28 +16,33 @@ from siamese_k3 import cli
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.export import EXPORT_REQUIREMENTS, check_export_requirements
 
-from test_cli import write_clustered_idx
-
 BACKEND = keras.backend.backend()
 
 
 @pytest.fixture(scope="module")
-def trained_runs(tmp_path_factory):
-    """finish(backbone): a finished one-epoch run on toy Fashion-MNIST-layout data, made once per backbone."""
+def trained_runs(finished_run, tmp_path_factory):
+    """finish(backbone): a finished run on toy Fashion-MNIST-layout data, made once per backbone.
+
+    compact_cnn (the CLI's default) is a copy of the session's finished run (conftest.py); any
+    other backbone trains one epoch of two steps, enough for an export to reproduce its numbers.
+    """
     root = tmp_path_factory.mktemp("export")
-    arrays = write_clustered_idx(root / "data", train=80, test=40)
-    images = arrays["x_test"][:5].astype("float32")
+    images = finished_run.arrays["x_test"][:5].astype("float32")
     finished = {}
 
     def finish(backbone):
         if backbone not in finished:
             out = root / backbone
-            code = cli.main([
-                "train", "--data-dir", str(root / "data"), "--out", str(out), "--backbone", backbone,
-                "--epochs", "1", "--batch-size", "16", "--classes-per-batch", "4", "--embedding-dim", "8",
-                "--quiet",
-            ])
-            assert code == 0
+            if backbone == "compact_cnn":
+                shutil.copytree(finished_run.out, out, ignore=shutil.ignore_patterns(".lock"))
+            else:
+                code = cli.main([
+                    "train", "--data-dir", str(finished_run.root / "data"), "--out", str(out), "--backbone", backbone,
+                    "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--classes-per-batch", "4",
+                    "--embedding-dim", "8", "--quiet",
+                ])
+                assert code == 0
+            assert json.loads((out / "config.json").read_text())["backbone"] == backbone
             expected = keras.models.load_model(out / "embedding.keras").predict(images, verbose=0)
             finished[backbone] = out, images, expected
         return finished[backbone]

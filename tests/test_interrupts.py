@@ -3,8 +3,8 @@
 In-process checks of the block (handlers, the swallowed-interrupt fallbacks,
 the thread rule), then real processes: `interrupts_worker.py` trains until a
 signal arrives, on whichever backend KERAS_BACKEND names, and must exit with
-130 or 143 within seconds. Tests marked ``distributed`` (``nox -s
-distributed``) start one process of a two-process job, whose peer never comes,
+130 or 143 within seconds. Tests marked ``distributed`` (``pytest -m
+distributed``, in each ``nox -s tests`` session) start one process of a two-process job, whose peer never comes,
 and two processes one of which stops answering in the middle of training.
 """
 
@@ -25,6 +25,7 @@ import pytest
 from siamese_k3.backend import fast_path
 from siamese_k3.interrupts import RunInterrupted, stop_on_signals
 
+pytestmark = pytest.mark.timed  # every test here bounds how long a signal takes
 BACKEND = keras.backend.backend()
 TESTS = Path(__file__).resolve().parent
 REPOSITORY = TESTS.parent
@@ -329,7 +330,7 @@ def test_a_block_still_running_after_the_grace_period_ends_the_process():
 
 
 # --------------------------------------------------------------------------
-# Data-parallel processes (nox -s distributed)
+# Data-parallel processes (pytest -m distributed)
 # --------------------------------------------------------------------------
 
 PEER_TIMEOUT = 15

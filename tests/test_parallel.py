@@ -1,7 +1,8 @@
 """Data-parallel training on each backend's own engine, in real processes (`siamese_k3.parallel`).
 
-Marked ``distributed``: run by ``nox -s distributed`` (one session per backend,
-each installing only that backend), not by the plain test sessions. Each test
+Marked ``distributed``: each ``nox -s tests`` session (one per backend, each
+installing only that backend) runs them as their own pytest call, after the unit
+tests (``pytest -m distributed``). Each test
 launches training as a user would, on CPU:
 
 - torch: ``torchrun --nproc-per-node 2`` (torch.distributed, gloo);

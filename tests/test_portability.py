@@ -4,9 +4,13 @@ The 3 × 3 matrix (saving backend × loading backend) for three backbones, one
 without and two with BatchNormalization. The backend is fixed per process, so
 tests/portability_worker.py does the work in subprocesses: one per backend to
 train 2 steps and save model.keras and embedding.keras, then one per backend
-to load every saved file and embed the same fixed inputs. Needs jax,
-tensorflow and torch installed (``nox -s portability``); a pair with a missing
-backend is skipped.
+to load every saved file and embed the same fixed inputs.
+
+Each backend's worker runs in the Python that ``SIAMESE_K3_PYTHON_<BACKEND>``
+names (``nox -s portability`` points them at the three ``tests`` virtualenvs, each
+with keras and only that backend installed, so a file saved where only
+TensorFlow is installed is loaded where only JAX is), else in this Python when
+it has that backend. A pair with a backend in neither is skipped.
 """
 
 import importlib.util
@@ -29,14 +33,25 @@ REPOSITORY = Path(__file__).resolve().parents[1]
 IMAGENET_MEAN_RGB = np.array([123.68, 116.779, 103.939], "float32")
 
 
+def python_for(backend):
+    """The Python that runs `backend`'s worker: $SIAMESE_K3_PYTHON_<BACKEND>, else this one if it has it, else None."""
+    named = os.environ.get(f"SIAMESE_K3_PYTHON_{backend.upper()}")
+    if named:
+        return named
+    return sys.executable if importlib.util.find_spec(backend) is not None else None
+
+
 def installed(backend):
-    return importlib.util.find_spec(backend) is not None
+    return python_for(backend) is not None
 
 
 def require(*backends):
     for backend in backends:
         if not installed(backend):
-            pytest.skip(f"{backend} is not installed: pip install 'siamese_k3[{backend}]'")
+            pytest.skip(
+                f"{backend} is not installed: pip install 'siamese_k3[{backend}]', or name a Python that has it "
+                f"in SIAMESE_K3_PYTHON_{backend.upper()}"
+            )
 
 
 def fixed_inputs(backbone):
@@ -61,7 +76,7 @@ def run_worker(backend, *arguments):
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
     }
     result = subprocess.run(
-        [sys.executable, str(WORKER), *arguments],
+        [python_for(backend), str(WORKER), *arguments],
         env=environment, capture_output=True, text=True, timeout=1800,
     )
     assert result.returncode == 0, f"{backend} worker {arguments[0]} failed:\n{result.stderr[-4000:]}"

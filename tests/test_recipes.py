@@ -2,7 +2,8 @@
 
 import pytest
 
-from siamese_k3 import cli, recipes
+from siamese_k3 import api, cli, recipes
+from siamese_k3.errors import SiameseK3Error
 from siamese_k3.backbones import BACKBONES
 from siamese_k3.losses import MINING_LOSSES
 
@@ -43,11 +44,20 @@ def test_strong_recipe_through_the_cli_with_overrides(tmp_path):
     assert config["backbone_options"] == strong["backbone_options"] and config["loss"] == strong["loss"]
 
 
-def test_another_backbone_drops_the_recipes_backbone_options(tmp_path):
-    write_clustered_idx(tmp_path / "data", train=80, test=40)
-    out = tmp_path / "dense"
+def test_another_backbone_drops_the_recipes_backbone_options(tmp_path, monkeypatch):
+    """`--recipe strong --backbone fashion_mnist_dense`: the config handed to training has no backbone options
+    (a configuration property: checked on the `TrainConfig` the CLI builds, without training)."""
+    handed = {}
+    (tmp_path / "data").mkdir()
+
+    def train(config, **options):
+        handed["config"] = config
+        raise SiameseK3Error("stop here")
+
+    monkeypatch.setattr(api, "train", train)
     code = cli.main(["train", "--recipe", "strong", "--backbone", "fashion_mnist_dense", "--data-dir",
-                     str(tmp_path / "data"), "--out", str(out), "--epochs", "1", "--steps-per-epoch", "2",
-                     "--batch-size", "16", "--classes-per-batch", "4", "--quiet"])
-    assert code == 0
-    assert read_json(out / "config.json")["backbone_options"] == {}
+                     str(tmp_path / "data"), "--out", str(tmp_path / "dense"), "--epochs", "1", "--quiet"])
+    assert code == 1
+    config = handed["config"]
+    assert config.recipe == "strong" and config.backbone == "fashion_mnist_dense" and config.backbone_options == {}
+    assert config.loss == recipes.LABELLED["strong"]["loss"]

@@ -131,6 +131,7 @@ def test_a_run_interrupted_at_an_epoch_boundary_resumes_to_the_uninterrupted_run
     assert_same_run(out, uninterrupted)  # every epoch's history, the metrics, the weights; backup/ gone
 
 
+@pytest.mark.timed
 def test_a_kill_9_in_training_then_the_same_command_gives_the_uninterrupted_run(data_dir, uninterrupted, tmp_path):
     """A real SIGKILL once epoch 1 is checkpointed (wherever epoch 2 then is), then the same command."""
     out = tmp_path / "run"
@@ -283,6 +284,7 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, un
 # --------------------------------------------------------------------------
 
 
+@pytest.mark.timed
 @pytest.mark.parametrize("signal_number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_in_training_stops_within_seconds_unfinished_and_the_same_command_resumes(
     signal_number, code, data_dir, tmp_path

@@ -42,7 +42,7 @@ import warnings
 import keras
 
 ENVIRONMENT_VARIABLE = "SIAMESE_K3_FAST_PATH"
-# The keras releases the conformance suite runs on in CI (nox -s keras_floor, keras_newest).
+# The keras releases the conformance suite runs on in CI (nox -s keras_floor; the newest in nox -s tests).
 TESTED_KERAS = ("3.10.0", "3.16")  # from the first, below the second
 
 
