@@ -79,14 +79,31 @@ ERRORS = [
     (lambda root, out, image: ["export", root, "--format", "onnx"], 1, "not a run folder"),
     (lambda root, out, image: ["search", damage(root, out, "no_index"), image], 1, "has no similarity index"),
     (lambda root, out, image: ["search", out, big_image(root)], 1, "this run's model takes 28x28 images"),
-    (lambda root, out, image: ["search", out, image, "-k", "100000"], 1, "ask for at most k="),
+    (lambda root, out, image: ["search", out, image, "-k", "100000"], 1, "ask for at most -k 80,"),
     (lambda root, out, image: ["index", out, "--dataset", "fashion_mnist:validation"], 1, "split must be train or test"),
     (lambda root, out, image: ["index", out, "--images", root / "empty_folder"], 1, "holds no image files"),
     (lambda root, out, image: ["search", out, "fashion_mnist:validation:3"], 1,
      "'fashion_mnist:validation:3': the split must be train or test"),
     (lambda root, out, image: ["search", out, "fashion_mnist:test:x"], 1, "neither an image file nor a dataset row"),
     (lambda root, out, image: ["calibrate", out, "--target-precision", "2"], 2, "expected a number in (0, 1]"),
+    # issue 31: a folder as a query says so; the library's parameter names read as the CLI's flags
+    (lambda root, out, image: ["search", out, root / "empty_folder"], 1, "empty_folder is a folder, not an image file"),
+    (lambda root, out, image: ["train", "--out", root / "new", "--data-dir", root / "data", "--batch-size", "22",
+                               "--classes-per-batch", "11"], 1, "--classes-per-batch 11 exceeds the 10 distinct"),
+    (lambda root, out, image: ["train", "--out", root / "new", "--dataset", f"pairs:{unpaired_folders(root)}",
+                               "--loss", "triplet"], 1, "or pass --skip-unpaired to skip them"),
 ]
+
+
+def unpaired_folders(root):
+    """Paired folders with one file that has no partner."""
+    from paired_folders import make_paired_folders
+
+    folders = root / "unpaired"
+    if not folders.exists():
+        make_paired_folders(folders, count=4)
+        (folders / "left" / "alone.png").write_bytes((folders / "left" / "pair_000.png").read_bytes())
+    return folders
 
 
 def big_image(root):
@@ -210,3 +227,51 @@ def test_a_collapsed_embedding_is_flagged_and_strict_fails(tmp_path, capsys):
     assert "COLLAPSED" in captured.out
     assert cli.main([*args, "--overwrite", "--strict"]) == 1
     assert "collapsed" in capsys.readouterr().err
+
+
+def test_search_mixes_files_and_rows_and_caps_the_contact_sheet(finished, tmp_path, capsys):
+    """Issue 31: queries may mix image files and NAME:split:ROW rows; a sheet shows at most 10 neighbours a query;
+    --no-sheet writes none."""
+    _, out, image = finished
+    capsys.readouterr()
+    sheets = {k: tmp_path / f"k{k}.png" for k in (10, 30)}
+    for k, sheet in sheets.items():
+        assert cli.main(["search", str(out), "fashion_mnist:test:0", str(image), "-k", str(k), "--sheet", str(sheet)]) == 0
+    printed = capsys.readouterr().out
+    assert f"{image}\n" in printed and "fashion_mnist:test:0\n" in printed
+    assert sum(line.strip().startswith("30.") for line in printed.splitlines()) == 2  # every neighbour is printed
+    assert "(the first 10 neighbours of the first 2 queries)" in printed
+    with Image.open(sheets[10]) as ten, Image.open(sheets[30]) as thirty:
+        assert ten.size == thirty.size  # the same 2 x (1 + 10) grid
+    default = out / "search.png"
+    default.unlink(missing_ok=True)
+    assert cli.main(["search", str(out), str(image), "--no-sheet"]) == 0
+    assert not default.exists() and "Contact sheet" not in capsys.readouterr().out
+    assert cli.main(["search", str(out), str(image), "-k", "2", "--sheet"]) == 0
+    assert default.is_file()
+
+
+def test_index_of_a_folder_recurses_into_subfolders_and_names_what_it_skipped(finished, tmp_path, capsys):
+    """Issue 31: --images DIR indexes the images in its subfolders too (their ids: DIR/sub/name) and names the
+    files it skipped."""
+    import shutil
+
+    root, out, _ = finished
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    gallery = tmp_path / "gallery"
+    expected = [gallery / "a.png", gallery / "sub" / "b.PNG", gallery / "sub" / "deeper" / "c.png"]
+    for position, path in enumerate(expected):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((28, 28), 40 * position, np.uint8)).save(path, format="PNG")
+    (gallery / "sub" / "notes.txt").write_text("not an image")
+    (gallery / ".hidden").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(gallery / ".hidden" / "d.png")
+    capsys.readouterr()
+    assert cli.main(["index", str(run), "--images", str(gallery), "--engine", "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert f"Indexed {len(expected)} embeddings" in captured.out
+    assert "skipped 1 files without an image suffix" in captured.err and "notes.txt" in captured.err
+    from siamese_k3 import Run
+
+    assert Run.open(run).index().ids == [str(path) for path in expected]
