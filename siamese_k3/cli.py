@@ -492,7 +492,7 @@ def main(argv=None):
         fresh_line = "\n" if _on_a_terminal() else ""  # a progress bar may have left the cursor mid-line
         print(f"{fresh_line}siamese-k3: {reason}:{resumable}" if resumable else f"{fresh_line}siamese-k3: {reason}",
               file=sys.stderr)
-        return exit_code(error)
+        interrupted = exit_code(error)
     except Exception as error:  # one line, never a traceback (unless debugging)
         if debug:
             raise
@@ -502,6 +502,13 @@ def main(argv=None):
         detail = str(error) if known else f"{type(error).__name__}: {error}"
         print(f"siamese-k3: error: {as_flags(' '.join(detail.split()), parser)}", file=sys.stderr)
         return 1
+    # Only an interrupt gets here. The work it stopped (its frames were the traceback's) is released now, while
+    # Python still runs: a TensorFlow data iterator finalized at exit prints "Error occurred when finalizing
+    # GeneratorDataset iterator: ... The process may be terminated."
+    import gc
+
+    gc.collect()
+    return interrupted
 
 
 def _on_a_terminal():

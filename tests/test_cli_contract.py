@@ -275,3 +275,32 @@ def test_index_of_a_folder_recurses_into_subfolders_and_names_what_it_skipped(fi
     from siamese_k3 import Run
 
     assert Run.open(run).index().ids == [str(path) for path in expected]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_an_interrupt_starts_its_line_afresh_on_a_terminal(terminal, monkeypatch, capsys):
+    """Issue 31: a progress bar leaves the cursor mid-line on a terminal; the interrupt's message starts a new one."""
+    from siamese_k3.errors import RunInterrupted
+
+    def stopped(args):
+        print("12/120 [==>...........]", end="", flush=True)
+        raise RunInterrupted()
+
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", stopped)
+    monkeypatch.setattr(cli, "_on_a_terminal", lambda: terminal)
+    assert cli.main(["evaluate", "RUN"]) == 130
+    expected = "siamese-k3: stopped by SIGINT\n"
+    assert capsys.readouterr().err == ("\n" + expected if terminal else expected)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("classes_per_batch=11 exceeds the 10 classes.", "--classes-per-batch 11 exceeds the 10 classes."),
+    ("or pass skip_unpaired=True to skip them.", "or pass --skip-unpaired to skip them."),
+    ("ask for at most k=40, or add more items.", "ask for at most -k 40, or add more items."),
+    ("validation_split=0.2.", "--validation-split 0.2."),
+    ("samples_per_class=1: no flag of that name", "samples_per_class=1: no flag of that name"),
+    ("skip_unpaired=False stays", "skip_unpaired=False stays"),
+])
+def test_the_cli_spells_parameter_settings_as_its_flags(message, expected):
+    """Issue 31: the library names parameters; the CLI's messages name the flags a user types."""
+    assert cli.as_flags(message) == expected
