@@ -256,7 +256,7 @@ class _ConsoleHandler(logging.Handler):
             print(message, file=sys.stdout)
 
 
-_SETTING = re.compile(r"\b([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:()]+?)(?=[\s,;:()]|\.(?:\s|$)|$)")
+_SETTING = re.compile(r"(?<![\w/\\.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:()]+?)(?=[\s,;:()]|\.(?:\s|$)|$)")
 
 
 def as_flags(message, parser=None):

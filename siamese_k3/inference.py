@@ -53,8 +53,10 @@ def as_pixels(images, input_shape, resize=True):
     elif isinstance(images, np.ndarray) and images.ndim == 1 and images.dtype.kind in "USO":
         images = images.tolist()  # a column of paths
     if isinstance(images, (list, tuple)) and any(_is_path(item) or _is_image(item) for item in images):
-        return np.stack([_one_image(item, position, len(images), input_shape, resize)
-                         for position, item in enumerate(images)])  # fmt: skip
+        pixels = np.stack([_one_image(item, position, len(images), input_shape, resize)
+                           for position, item in enumerate(images)])  # fmt: skip
+        _check_finite(pixels)
+        return pixels
     if images is None or isinstance(images, (dict, set, bytes)):
         raise TypeError(f"images must be image file paths or an array of pixels, not {type(images).__name__}.")
     try:
@@ -64,7 +66,7 @@ def as_pixels(images, input_shape, resize=True):
             "images are of different sizes: give an array [N, "
             f"{', '.join(map(str, input_shape))}] (raw 0-255 pixels), or image file paths."
         ) from None
-    _check_numeric(pixels, "images")
+    _check_numeric(pixels, "images have")
     if pixels.size == 0 and pixels.shape[:1] == (0,) and (pixels.ndim == 1 or pixels.shape[1:] == input_shape):
         return np.zeros((0, *input_shape), np.float32)
     if pixels.shape == input_shape:
@@ -106,33 +108,32 @@ def _one_image(item, position, count, input_shape, resize):
     if _is_path(item):
         return load_images([item], input_shape, resize=resize)[0]
     pixels = np.asarray(item)
-    _check_numeric(pixels, f"image {position} of {count}")
+    _check_numeric(pixels, f"image {position} of {count} has")
     if pixels.shape != input_shape:
         raise SiameseK3Error(
             f"image {position} of {count} has shape {pixels.shape}; this run's model takes "
             f"{list(input_shape)} (raw 0-255 pixels, one image), or an image file path."
         )
-    _check_finite(pixels[None], offset=position, count=count)
     return pixels.astype(np.float32)
 
 
-def _check_numeric(pixels, what):
+def _check_numeric(pixels, subject):
+    """SiameseK3Error unless `pixels` hold numbers; `subject` starts the message ("images have")."""
     if pixels.dtype.kind not in "iuf":
         raise SiameseK3Error(
-            f"{what} have dtype {pixels.dtype}: expected numbers (raw 0-255 pixels), or image file paths."
+            f"{subject} dtype {pixels.dtype}: expected numbers (raw 0-255 pixels), or image file paths."
         )
 
 
-def _check_finite(pixels, offset=0, count=None):
-    """SiameseK3Error naming the images (by position) that hold NaN or inf pixels."""
+def _check_finite(pixels):
+    """SiameseK3Error naming how many images [N, ...] hold NaN or inf pixels, and which (by position)."""
     if pixels.dtype.kind != "f":
         return
-    bad = np.flatnonzero(~np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1)) + offset
+    bad = np.flatnonzero(~np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1))
     if bad.size:
         shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
         raise SiameseK3Error(
-            f"{bad.size} of {count or len(pixels)} images hold NaN or inf pixels (images {shown}): "
-            "give finite raw 0-255 pixels."
+            f"{bad.size} of {len(pixels)} images hold NaN or inf pixels (images {shown}): give finite raw 0-255 pixels."
         )
 
 

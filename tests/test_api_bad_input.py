@@ -91,9 +91,12 @@ BAD_INPUT = {
     "embed: a list mixing a path and an image of the wrong size": (
         lambda root, run, arrays: run.embed([root / "image.png", np.zeros((32, 32))]), SiameseK3Error,
         "image 1 of 2 has shape (32, 32)"),
-    "embed: a list with a NaN image": (
-        lambda root, run, arrays: run.embed([root / "image.png", nan_images(1, [0])[0]]), SiameseK3Error,
-        "1 of 2 images hold NaN or inf pixels (images 1)"),
+    "embed: a list with NaN images": (
+        lambda root, run, arrays: run.embed([nan_images(1, [0])[0], root / "image.png", nan_images(1, [0])[0]]),
+        SiameseK3Error, "2 of 3 images hold NaN or inf pixels (images 0, 2)"),
+    "embed: a list with strings": (
+        lambda root, run, arrays: run.embed([root / "image.png", np.full((28, 28), "x")]), SiameseK3Error,
+        "image 1 of 2 has dtype <U1"),
     "embed: a missing file": (
         lambda root, run, arrays: run.embed([root / "missing.png"]), SiameseK3Error, "not found"),
     "embed: a folder": (

@@ -304,3 +304,7 @@ def test_an_interrupt_starts_its_line_afresh_on_a_terminal(terminal, monkeypatch
 def test_the_cli_spells_parameter_settings_as_its_flags(message, expected):
     """Issue 31: the library names parameters; the CLI's messages name the flags a user types."""
     assert cli.as_flags(message) == expected
+
+
+def test_a_path_holding_name_value_is_left_alone():
+    assert cli.as_flags("image /data/k=3/x.png: k=3 is too many") == "image /data/k=3/x.png: -k 3 is too many"
