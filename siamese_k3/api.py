@@ -359,7 +359,9 @@ def image_files(paths, name="images"):
         for item in sorted(found):
             (files if item.lower().endswith(IMAGE_SUFFIXES) else skipped).append(item)
     if not files:
-        raise SiameseK3Error(f"{name} {' '.join(map(os.fspath, paths))} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
+        raise SiameseK3Error(
+            f"{name} {' '.join(map(os.fspath, paths))} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
+        )
     return files, skipped
 
 

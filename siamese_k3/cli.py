@@ -426,8 +426,8 @@ def _contact_sheet(run, args, queries, query_labels, result):
                           query_labels=query_labels[:rows] if labelled else None,
                           neighbour_labels=shown.labels if labelled else None)  # fmt: skip
     capped = rows < len(queries) or columns < result.indices.shape[1]
-    print(f"Contact sheet: {sheet}" + (f" (the first {columns} neighbours of the first {rows} queries)" if capped else "")
-          + ("" if labelled else " (no query labels: nothing framed)"))
+    shown_part = f" (the first {columns} neighbours of the first {rows} queries)" if capped else ""
+    print(f"Contact sheet: {sheet}{shown_part}" + ("" if labelled else " (no query labels: nothing framed)"))
 
 
 def calibrate(args):

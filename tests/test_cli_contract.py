@@ -236,7 +236,8 @@ def test_search_mixes_files_and_rows_and_caps_the_contact_sheet(finished, tmp_pa
     capsys.readouterr()
     sheets = {k: tmp_path / f"k{k}.png" for k in (10, 30)}
     for k, sheet in sheets.items():
-        assert cli.main(["search", str(out), "fashion_mnist:test:0", str(image), "-k", str(k), "--sheet", str(sheet)]) == 0
+        argv = ["search", str(out), "fashion_mnist:test:0", str(image), "-k", str(k), "--sheet", str(sheet)]
+        assert cli.main(argv) == 0
     printed = capsys.readouterr().out
     assert f"{image}\n" in printed and "fashion_mnist:test:0\n" in printed
     assert sum(line.strip().startswith("30.") for line in printed.splitlines()) == 2  # every neighbour is printed
