@@ -57,13 +57,16 @@ class Run:
     """A run folder written by `train` (see `siamese_k3.run_folder` for its files)."""
 
     def __init__(self, path):
+        if not _is_path(path):
+            raise TypeError(f"a run folder is a path (str or os.PathLike), not {type(path).__name__}.")
         self.folder = RunFolder(path)
-        self._facts = self.folder.config()
+        self._facts = _checked_facts(self.folder)
         self._embedding_model = None
 
     @classmethod
     def open(cls, path):
-        """The run in folder `path`; `RunFolderError` when it is not a run folder or its config is damaged."""
+        """The run in folder `path`; `RunFolderError` when it is not a run folder or its config is damaged
+        (not JSON, or without the run's distance and input shape)."""
         return cls(path)
 
     def __repr__(self):
@@ -133,10 +136,14 @@ class Run:
         return metrics
 
     def embed(self, images, batch_size=256, verbose=0):
-        """float32 embeddings [N, D] of `images`: image file paths, or raw 0-255 pixels [N, *input_shape].
+        """float32 embeddings [N, D] of `images`: image file paths, raw 0-255 pixels [N, *input_shape], or a
+        list mixing paths and single images; no images give an empty [0, D] array.
 
-        Image files must have the run's image size, except for a pairs:DIR run,
-        which resizes them as it did in training.
+        Files are read by `siamese_k3.data.load_image`'s rule and must have the
+        run's image size, except for a pairs:DIR run, which resizes them as it
+        did in training. `SiameseK3Error` for a shape that is not the run's, a
+        non-numeric array, or NaN / inf pixels (it names the images); see
+        `siamese_k3.inference.as_pixels`.
         """
         return inference.embed(self.embedding_model(), images, self.input_shape, batch_size=batch_size,
                                verbose=verbose, resize=self.config.pairs_dir is not None)  # fmt: skip
@@ -148,10 +155,7 @@ class Run:
         it adds ``"same"`` (distance <= the threshold), ``"threshold"`` and
         ``"expected_precision"``.
         """
-        import numpy as np
-
-        images = [first, second] if _is_path(first) and _is_path(second) else np.stack([_image(first), _image(second)])
-        embeddings = self.embed(images)
+        embeddings = self.embed([first, second])
         values = inference.similarity(embeddings[0], embeddings[1], self._facts["distance"])
         calibration = self.calibration()
         if calibration is not None:
@@ -205,15 +209,18 @@ class Run:
 
         The gallery: `dataset` (``"fashion_mnist"`` or ``"fashion_mnist:train"``,
         the split defaulting to test; ids are ``"fashion_mnist:test:ROW"``), or
-        `images` (file paths, ids default to the paths; or arrays of raw pixels
-        with optional `labels` and `ids`). `method`: ``exact``, ``hnsw``, ``ivf``.
+        `images` (file paths, ids default to the paths; a folder stands for its
+        image files, subfolders included, as `image_files` lists them; or arrays
+        of raw pixels with optional `labels` and `ids`). `method`: ``exact``,
+        ``hnsw``, ``ivf``.
         """
         model = self.embedding_model()
         if dataset is not None:
             images, labels, ids = _dataset_gallery(dataset, self.config)
         elif images is None:
             raise SiameseK3Error("build_index needs a gallery: images (paths or arrays) or dataset='NAME[:split]'.")
-        elif isinstance(images, (list, tuple)) and images and _is_path(images[0]):
+        elif _is_path(images) or (isinstance(images, (list, tuple)) and images and all(map(_is_path, images))):
+            images = image_files([images] if _is_path(images) else images)[0]
             ids = [os.fspath(path) for path in images] if ids is None else ids
         index = indexing.SimilarityIndex(self._facts["distance"], method=method, engine=engine, params=params,
                                          fingerprint=self.folder.fingerprint())  # checked before the work  # fmt: skip
@@ -239,21 +246,33 @@ class Run:
         return index
 
     def search(self, queries, k=10):
-        """The `k` nearest gallery items of each query (image paths or raw pixels): a `SearchResult`."""
+        """The `k` nearest gallery items of each query (image paths or raw pixels, as `embed` takes them):
+        a `SearchResult`."""
         return self.index().search(self.embed(queries), k=k)
 
     def images(self, references):
-        """(raw pixels [N, ...], labels [N] or None) of image files, or of dataset rows written NAME:split:ROW.
+        """(raw pixels [N, ...], labels [N] or None) of image files and dataset rows written NAME:split:ROW.
 
-        Files are read as the run's model reads them (their size must be the
-        run's, except for pairs:DIR runs); dataset rows come with their labels.
+        `references` may mix the two (one path alone is a list of one). Files
+        are read as the run's model reads them (their size must be the run's,
+        except for pairs:DIR runs); dataset rows come with their labels, which
+        are returned when every reference is a row.
         """
         import numpy as np
 
-        if not all(isinstance(item, str) and not os.path.exists(item) and item.count(":") == 2 for item in references):
-            return inference.load_images(references, self.input_shape, resize=self.config.pairs_dir is not None), None
+        references = [references] if _is_path(references) else list(references)
+        resize = self.config.pairs_dir is not None
         images, labels, splits = [], [], {}
         for reference in references:
+            if not _is_path(reference):
+                raise TypeError(
+                    f"images are named by paths or NAME:split:ROW strings, not {type(reference).__name__}."
+                )
+            reference = os.fspath(reference)
+            if os.path.exists(reference) or reference.count(":") != 2:
+                images.append(inference.load_images([reference], self.input_shape, resize=resize)[0])
+                labels.append(None)
+                continue
             name, split, row = reference.split(":")
             if not row.isdigit():
                 raise SiameseK3Error(f"{reference!r} is neither an image file nor a dataset row NAME:train|test:ROW.")
@@ -264,7 +283,10 @@ class Run:
                 raise SiameseK3Error(f"{reference!r}: {name}:{split} has {len(y)} rows.")
             images.append(x[int(row)])
             labels.append(y[int(row)])
-        return np.stack(images), np.asarray(labels)
+        if not images:
+            return np.zeros((0, *self.input_shape), np.float32), None
+        known = all(label is not None for label in labels)
+        return np.stack(images), np.asarray(labels) if known else None
 
     def neighbour_images(self, result):
         """[Q, k, ...] images of a `SearchResult`'s neighbours, read from the files or dataset rows their ids
@@ -311,12 +333,66 @@ def _is_path(value):
     return isinstance(value, (str, os.PathLike))
 
 
-def _image(image):
-    """One image as raw pixels (a path is read at its own size; `embed` checks the shape)."""
-    import numpy as np
-    from PIL import Image
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
-    return np.asarray(Image.open(image), np.float32) if _is_path(image) else np.asarray(image)
+
+def image_files(paths, name="images"):
+    """(image files, skipped files) of `paths`, a gallery as `Run.build_index` and ``siamese-k3 index`` take it.
+
+    A file stands for itself. A folder stands for the files with an image suffix
+    (`IMAGE_SUFFIXES`, any case) in it and in its subfolders, sorted by path
+    (each path is the folder joined with the file's relative path); hidden files
+    and folders (``.name``) are left out, and the other files are returned as
+    skipped. `SiameseK3Error` when no image file is left; `name` names `paths` in it.
+    """
+    files, skipped = [], []
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = [entry for entry in subfolders if not entry.startswith(".")]
+            for entry in names:
+                if not entry.startswith("."):
+                    found.append(os.path.join(folder, entry))
+        for item in sorted(found):
+            (files if item.lower().endswith(IMAGE_SUFFIXES) else skipped).append(item)
+    if not files:
+        raise SiameseK3Error(
+            f"{name} {' '.join(map(os.fspath, paths))} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    return files, skipped
+
+
+RUN_FACTS = ("distance", "input_shape")  # what using a run needs from its config.json
+
+
+def _checked_facts(folder):
+    """config.json of `folder`, refused (`RunFolderError`) when it lacks what using the run needs."""
+    from siamese_k3.checks import DISTANCES
+
+    facts = folder.config()
+    path = folder.file("config.json")
+    missing = [key for key in RUN_FACTS if key not in facts]
+    if missing:
+        raise RunFolderError(
+            f"{path} has no {' and no '.join(map(repr, missing))}: it was edited or not written by "
+            "`siamese-k3 train`; restore it, or train the run again."
+        )
+    if facts["distance"] not in DISTANCES:
+        raise RunFolderError(
+            f"{path} names the distance {facts['distance']!r}: expected one of {', '.join(DISTANCES)}; restore it, "
+            "or train the run again."
+        )
+    shape = facts["input_shape"]
+    if not (isinstance(shape, list) and len(shape) in (2, 3)
+            and all(isinstance(size, int) and not isinstance(size, bool) and size > 0 for size in shape)):  # fmt: skip
+        raise RunFolderError(
+            f"{path} gives the input shape {shape!r}: expected [height, width] or [height, width, channels]; "
+            "restore it, or train the run again."
+        )
+    return facts
 
 
 def _dataset_split(name, split, config, argument):

@@ -27,17 +27,21 @@ sqrt(p (1 - p) / (TP + FP)) for precision).
 
 import dataclasses
 import json
+import math
+import numbers
 import os
 from typing import NamedTuple
 
 import numpy as np
 
+from siamese_k3.checks import check_distance, check_integer
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.evaluation import paired_distances
 from siamese_k3.files import write_json
 from siamese_k3.plots import plot_calibration
 
 CURVE_POINTS = 1000
+OBJECTIVES = ("precision", "recall", "f1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +107,29 @@ class Calibration:
         """Precision, recall and F1 against the threshold, the chosen one marked, as a PNG (`plots.plot_calibration`)."""
         return plot_calibration(self.thresholds, self.precisions, self.recalls, self.f1s, path,
                                 threshold=self.threshold, title=title or _describe(self))  # fmt: skip
+
+    def __post_init__(self):
+        """Refuse fields no calibration has: `SiameseK3Error` for a bad value, TypeError for a non-number."""
+        _check_real("threshold", self.threshold)
+        for name in ("precision", "recall", "f1"):
+            _check_real(name, getattr(self, name), 0.0, 1.0)
+        if self.objective not in OBJECTIVES:
+            raise SiameseK3Error(f"objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}.")
+        if self.target is not None:
+            _check_real("target", self.target, 0.0, 1.0)
+        for name in ("num_same", "num_different"):
+            check_integer(getattr(self, name), name, minimum=0)
+        if self.distance is not None:
+            check_distance(self.distance)
+        curve = {name: np.asarray(getattr(self, name), dtype=np.float64)
+                 for name in ("thresholds", "precisions", "recalls", "f1s")}  # fmt: skip
+        if len({values.shape for values in curve.values()}) != 1 or curve["thresholds"].ndim != 1:
+            raise SiameseK3Error(
+                "thresholds, precisions, recalls and f1s are one curve: give four 1-d arrays of one length; got "
+                f"shapes {', '.join(str(values.shape) for values in curve.values())}."
+            )
+        for name, values in curve.items():
+            object.__setattr__(self, name, values)
 
 
 class Match(NamedTuple):
@@ -232,6 +259,16 @@ def _pairs(distances, is_same):
     if not same.any():
         raise SiameseK3Error("No pair is 'same': calibration needs pairs of the same class (and of different ones).")
     return distances, same
+
+
+def _check_real(name, value, low=None, high=None):
+    """`value` if it is a finite real number in [low, high]; TypeError for a non-number, else `SiameseK3Error`."""
+    if isinstance(value, bool) or not isinstance(value, (numbers.Real, np.floating, np.integer)):
+        raise TypeError(f"{name} must be a number, not {type(value).__name__}.")
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = "" if low is None else f" in [{low:g}, {high:g}]"
+        raise SiameseK3Error(f"{name}={value!r} must be a finite number{bounds}.")
+    return value
 
 
 def _curve_points(count, chosen):

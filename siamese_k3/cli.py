@@ -6,7 +6,7 @@
     siamese-k3 similarity RUN IMG1 IMG2
     siamese-k3 export RUN --format {savedmodel,onnx} [--output PATH]
     siamese-k3 index RUN (--dataset NAME[:split] | --images DIR|FILES...) [--method exact|hnsw|ivf]
-    siamese-k3 search RUN QUERY... [-k 10] [--sheet PATH]
+    siamese-k3 search RUN QUERY... [-k 10] [--sheet [PATH] | --no-sheet]
     siamese-k3 calibrate RUN [--target-precision P | --target-recall R]
 
 The backend: --backend, else $KERAS_BACKEND, else keras' configured backend if
@@ -23,9 +23,11 @@ tracebacks.
 """
 
 import argparse
+import functools
 import importlib.util
 import logging
 import os
+import re
 import sys
 
 from siamese_k3.backend import BACKENDS, default_backend
@@ -115,7 +117,8 @@ def build_parser():
     index.add_argument("run")
     gallery = index.add_mutually_exclusive_group(required=True)
     gallery.add_argument("--dataset", help="NAME[:split], such as fashion_mnist:train (split default: test)")
-    gallery.add_argument("--images", nargs="+", help="a folder of images, or image files (their paths are the ids)")
+    gallery.add_argument("--images", nargs="+", help="folders of images (subfolders included), or image files "
+                         "(their paths are the ids)")
     index.add_argument("--method", choices=("exact", "hnsw", "ivf"), default="exact",
                        help="exact (numpy, or FAISS flat), or approximate with FAISS: hnsw, ivf (default: %(default)s)")
     index.add_argument("--engine", choices=("auto", "numpy", "faiss"), default="auto")
@@ -124,10 +127,14 @@ def build_parser():
     _backend_option(search)
     search.add_argument("run")
     search.add_argument("queries", nargs="+", metavar="QUERY",
-                        help="image files, or dataset rows NAME:split:ROW (their labels frame wrong neighbours)")
+                        help="image files or dataset rows NAME:split:ROW, mixed as you like (when all are rows, "
+                        "their labels frame wrong neighbours)")
     search.add_argument("-k", type=_positive_int, default=10, help="neighbours per query (default: %(default)s)")
-    search.add_argument("--sheet", help="contact sheet PNG: each query beside its neighbours, wrong labels framed "
-                        "(default: RUN/search.png)")
+    search.add_argument("--sheet", nargs="?", const=True, default=True, metavar="PATH",
+                        help=f"write a contact sheet PNG: each query beside its nearest neighbours (at most "
+                        f"{SHEET_NEIGHBOURS} of each of the first {SHEET_QUERIES} queries), wrong labels framed "
+                        "(default: on, at RUN/search.png)")
+    search.add_argument("--no-sheet", dest="sheet", action="store_false", help="no contact sheet")
 
     calibrate = commands.add_parser("calibrate", help="choose the 'same or not' distance threshold on held-out data")
     _backend_option(calibrate)
@@ -142,6 +149,9 @@ def build_parser():
     export.add_argument("--format", choices=("savedmodel", "onnx"), required=True)
     export.add_argument("--output", help="default: RUN/embedding_savedmodel or RUN/embedding.onnx")
     return parser
+
+
+SHEET_NEIGHBOURS, SHEET_QUERIES = 10, 20  # what a contact sheet shows at most: neighbours per query, queries
 
 
 def _backend_option(parser):
@@ -239,11 +249,56 @@ class _ConsoleHandler(logging.Handler):
     """The `siamese_k3` logger on the console: information to stdout, warnings to stderr, one line each."""
 
     def emit(self, record):
-        message = " ".join(record.getMessage().split())
+        message = as_flags(" ".join(record.getMessage().split()))
         if record.levelno >= logging.WARNING:
             print(f"siamese-k3: warning: {message}", file=sys.stderr)
         else:
             print(message, file=sys.stdout)
+
+
+_SETTING = re.compile(r"(?<![\w/\\.-])([a-z][a-z0-9_]*)=('[^']*'|\"[^\"]*\"|[^\s,;:()]+?)(?=[\s,;:()]|\.(?:\s|$)|$)")
+
+
+def as_flags(message, parser=None):
+    """`message` with the library's parameter settings spelled as this command line's flags.
+
+    The library names its parameters (``classes_per_batch=11``,
+    ``skip_unpaired=True``); a CLI user types flags, so each ``name=value``
+    whose name is the destination of a flag of `parser` (default: the
+    `build_parser` one) becomes ``--flag value`` (``--classes-per-batch 11``),
+    or the bare flag for a switch set to True (``--skip-unpaired``). Other
+    ``name=value`` pairs are left as they are.
+    """
+    flags = _flags(parser) if parser is not None else _default_flags()
+
+    def spell(match):
+        name, value = match.groups()
+        if name not in flags:
+            return match.group(0)
+        flag, switch = flags[name]
+        if switch:
+            return flag if value == "True" else match.group(0)
+        return f"{flag} {value}"
+
+    return _SETTING.sub(spell, message)
+
+
+@functools.cache
+def _default_flags():
+    return _flags(build_parser())
+
+
+def _flags(parser):
+    """{destination: (its longest flag, whether it is a switch)} over `parser` and its subcommands."""
+    flags = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for subparser in action.choices.values():
+                flags.update(_flags(subparser))
+        elif action.option_strings and action.dest != "help":
+            switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction))
+            flags.setdefault(action.dest, (max(action.option_strings, key=len), switch))
+    return flags
 
 
 def _show_logs():
@@ -322,7 +377,13 @@ def index(args):
     from siamese_k3 import api
 
     run = api.Run.open(args.run)
-    images = _image_files(args.images) if args.images else None
+    images = None
+    if args.images:
+        images, skipped = api.image_files(args.images, name="--images")
+        if skipped:
+            shown = ", ".join(skipped[:5]) + (f" and {len(skipped) - 5} more" if len(skipped) > 5 else "")
+            print(f"siamese-k3: warning: skipped {len(skipped)} files without an image suffix: {shown}",
+                  file=sys.stderr)
     built = run.build_index(images=images, dataset=args.dataset, method=args.method, engine=args.engine,
                             verbose=1)  # fmt: skip
     print(f"Indexed {len(built)} embeddings ({args.method}, {built.engine}) in {run.folder.file('index')}")
@@ -330,7 +391,7 @@ def index(args):
 
 
 def search(args):
-    from siamese_k3 import api, plots
+    from siamese_k3 import api
 
     run = api.Run.open(args.run)
     queries, query_labels = run.images(args.queries)
@@ -343,15 +404,30 @@ def search(args):
             identifier = result.ids[row][rank] if result.ids is not None else int(result.indices[row, rank])
             label = result.labels[row][rank] if result.labels is not None else ""
             print(f"  {rank + 1:>3}. {identifier}  {label}  {result.distances[row, rank]:.6f}")
-    sheet = args.sheet or run.folder.file("search.png")
-    gallery = run.neighbour_images(result)
-    if gallery is not None:
-        labelled = query_labels is not None and result.labels is not None
-        plots.plot_neighbours(queries, gallery, sheet, distances=result.distances, count=len(args.queries),
-                              query_labels=query_labels if labelled else None,
-                              neighbour_labels=result.labels if labelled else None)  # fmt: skip
-        print(f"Contact sheet: {sheet}" + ("" if labelled else " (no query labels: nothing framed)"))
+    if args.sheet is not False:
+        _contact_sheet(run, args, queries, query_labels, result)
     return 0
+
+
+def _contact_sheet(run, args, queries, query_labels, result):
+    """The contact sheet of a search: its first `SHEET_QUERIES` queries, each with its nearest `SHEET_NEIGHBOURS`."""
+    from siamese_k3 import plots
+
+    rows, columns = min(len(queries), SHEET_QUERIES), min(result.indices.shape[1], SHEET_NEIGHBOURS)
+    shown = result._replace(**{
+        field: None if value is None else value[:rows, :columns] for field, value in result._asdict().items()
+    })  # fmt: skip
+    sheet = args.sheet if isinstance(args.sheet, str) else run.folder.file("search.png")
+    gallery = run.neighbour_images(shown)
+    if gallery is None:
+        return
+    labelled = query_labels is not None and shown.labels is not None
+    plots.plot_neighbours(queries[:rows], gallery, sheet, distances=shown.distances, count=rows,
+                          query_labels=query_labels[:rows] if labelled else None,
+                          neighbour_labels=shown.labels if labelled else None)  # fmt: skip
+    capped = rows < len(queries) or columns < result.indices.shape[1]
+    shown_part = f" (the first {columns} neighbours of the first {rows} queries)" if capped else ""
+    print(f"Contact sheet: {sheet}{shown_part}" + ("" if labelled else " (no query labels: nothing framed)"))
 
 
 def calibrate(args):
@@ -366,24 +442,6 @@ def calibrate(args):
               "on the held-out half")
     print(f"Wrote {run.folder.file('calibration.json')} and calibration.png")
     return 0
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _image_files(paths):
-    """Image files: each path itself, or the image files in it (sorted) when it is a folder."""
-    from siamese_k3.errors import SiameseK3Error
-
-    files = []
-    for path in paths:
-        if os.path.isdir(path):
-            files += sorted(os.path.join(path, name) for name in os.listdir(path) if name.lower().endswith(IMAGE_SUFFIXES))
-        else:
-            files.append(path)
-    if not files:
-        raise SiameseK3Error(f"--images {' '.join(paths)} holds no image files ({', '.join(IMAGE_SUFFIXES)}).")
-    return files
 
 
 def export(args):
@@ -431,8 +489,10 @@ def main(argv=None):
 
         reason = str(error) or "interrupted"
         resumable = " the run is left unfinished; the same command resumes it." if args.command == "train" else ""
-        print(f"siamese-k3: {reason}:{resumable}" if resumable else f"siamese-k3: {reason}", file=sys.stderr)
-        return exit_code(error)
+        fresh_line = "\n" if _on_a_terminal() else ""  # a progress bar may have left the cursor mid-line
+        print(f"{fresh_line}siamese-k3: {reason}:{resumable}" if resumable else f"{fresh_line}siamese-k3: {reason}",
+              file=sys.stderr)
+        interrupted = exit_code(error)
     except Exception as error:  # one line, never a traceback (unless debugging)
         if debug:
             raise
@@ -440,8 +500,19 @@ def main(argv=None):
 
         known = isinstance(error, (SiameseK3Error, RunFailedError))
         detail = str(error) if known else f"{type(error).__name__}: {error}"
-        print(f"siamese-k3: error: {' '.join(detail.split())}", file=sys.stderr)
+        print(f"siamese-k3: error: {as_flags(' '.join(detail.split()), parser)}", file=sys.stderr)
         return 1
+    # Only an interrupt gets here. The work it stopped (its frames were the traceback's) is released now, while
+    # Python still runs: a TensorFlow data iterator finalized at exit prints "Error occurred when finalizing
+    # GeneratorDataset iterator: ... The process may be terminated."
+    import gc
+
+    gc.collect()
+    return interrupted
+
+
+def _on_a_terminal():
+    return any(stream.isatty() for stream in (sys.stdout, sys.stderr) if hasattr(stream, "isatty"))
 
 
 if __name__ == "__main__":

@@ -286,6 +286,8 @@ class SimilarityIndex:
         self.distance = check_distance(distance)
         self.method = _choice(method, METHODS, "method")
         self.engine = _resolve_engine(self.method, _choice(engine, ENGINES, "engine"))
+        if params is not None and not isinstance(params, dict):
+            raise TypeError(f"params must be a dict such as {{'ef_search': 128}}, not {type(params).__name__}.")
         unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS[self.method]))
         if unknown:
             raise SiameseK3Error(
@@ -629,6 +631,8 @@ def _per_item(values, count, name, existing, first):
     if not first and existing is None:
         raise SiameseK3Error(f"The index's first embeddings came without {name}: add these without {name} too, "
                              f"or rebuild the index with {name} for every item.")  # fmt: skip
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__"):
+        raise TypeError(f"{name} must be a list or array with one entry per embedding, not {type(values).__name__}.")
     if name == "labels":
         values = np.asarray(values).reshape(-1)
     else:

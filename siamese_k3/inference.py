@@ -18,47 +18,123 @@ from siamese_k3.files import atomic_path
 def load_images(paths, input_shape, resize=True):
     """Image files as one uint8-range float array shaped for a model taking `input_shape` (grey if 2-d).
 
-    With ``resize=False`` an image of another size is refused (`SiameseK3Error` naming it).
+    Each file is read by `siamese_k3.data.load_image`'s rule (EXIF orientation,
+    16-bit scaled by 1/257, transparency over white, grey or RGB as the model
+    takes). With ``resize=False`` an image of another size is refused
+    (`SiameseK3Error` naming it).
     """
     grayscale = len(input_shape) == 2
-    if not resize:
-        from PIL import Image
+    height, width = input_shape[:2]
+    images = []
+    for path in paths:
+        image = load_image(os.fspath(path), (height, width) if resize else None, grayscale=grayscale)
+        if image.shape[:2] != (height, width):
+            raise SiameseK3Error(
+                f"image {os.fspath(path)} is {image.shape[1]}x{image.shape[0]}; this run's model takes "
+                f"{width}x{height} images: resize it first (only pairs:DIR runs resize their inputs)."
+            )
+        images.append(image)
+    return np.stack(images) if images else np.zeros((0, *input_shape), np.float32)
 
-        height, width = input_shape[:2]
-        for path in paths:
-            try:
-                with Image.open(path) as image:
-                    size = image.size
-            except OSError:
-                continue  # load_image names an unreadable or missing file
-            if size != (width, height):
-                raise SiameseK3Error(
-                    f"image {os.fspath(path)} is {size[0]}x{size[1]}; this run's model takes {width}x{height} "
-                    "images: resize it first (only pairs:DIR runs resize their inputs)."
-                )
-    return np.stack([load_image(os.fspath(path), tuple(input_shape[:2]), grayscale=grayscale) for path in paths])
+
+def as_pixels(images, input_shape, resize=True):
+    """`images` as one numeric array [N, *input_shape] of raw 0-255 pixels; the checks `embed` makes.
+
+    `images`: image file paths (one, or a list; a 1-d numpy array of strings too),
+    an array [N, *input_shape] (or one image without the batch axis), or a list
+    mixing paths and single-image arrays. An empty list or array gives an array
+    of 0 images. `SiameseK3Error` for a shape that is not the run's, a
+    non-numeric array, or NaN / inf pixels (naming which images); `TypeError`
+    for something that is neither paths nor an array.
+    """
+    input_shape = tuple(input_shape)
+    if _is_path(images):
+        images = [images]
+    elif isinstance(images, np.ndarray) and images.ndim == 1 and images.dtype.kind in "USO":
+        images = images.tolist()  # a column of paths
+    if isinstance(images, (list, tuple)) and any(_is_path(item) or _is_image(item) for item in images):
+        pixels = np.stack([_one_image(item, position, len(images), input_shape, resize)
+                           for position, item in enumerate(images)])  # fmt: skip
+        _check_finite(pixels)
+        return pixels
+    if images is None or isinstance(images, (dict, set, bytes)):
+        raise TypeError(f"images must be image file paths or an array of pixels, not {type(images).__name__}.")
+    try:
+        pixels = np.asarray(images)
+    except ValueError:  # a ragged nested list
+        raise SiameseK3Error(
+            "images are of different sizes: give an array [N, "
+            f"{', '.join(map(str, input_shape))}] (raw 0-255 pixels), or image file paths."
+        ) from None
+    _check_numeric(pixels, "images have")
+    if pixels.size == 0 and pixels.shape[:1] == (0,) and (pixels.ndim == 1 or pixels.shape[1:] == input_shape):
+        return np.zeros((0, *input_shape), np.float32)
+    if pixels.shape == input_shape:
+        pixels = pixels[None]
+    if pixels.shape[1:] != input_shape:
+        raise SiameseK3Error(
+            f"images of shape {pixels.shape} do not fit this run: expected [N, {', '.join(map(str, input_shape))}] "
+            "(raw 0-255 pixels), or image file paths."
+        )
+    _check_finite(pixels)
+    return pixels
 
 
 def embed(embedding_model, images, input_shape, batch_size=256, verbose=0, resize=True):
-    """float32 embeddings of `images`: a list of file paths, or an array of raw 0-255 pixels.
+    """float32 embeddings [N, D] of `images`: file paths, an array of raw 0-255 pixels, or a list of both.
 
-    An array must have the run's `input_shape` per row (a single image may
-    omit the batch axis); otherwise `SiameseK3Error` names the shape expected.
+    `images` is checked by `as_pixels` (an array must have the run's
+    `input_shape` per row; a single image may omit the batch axis). No images
+    (an empty list, an array [0, *input_shape]) give an empty float32 array [0, D].
     """
-    if isinstance(images, (str, os.PathLike)):
-        images = [images]
-    if isinstance(images, (list, tuple)) and images and isinstance(images[0], (str, os.PathLike)):
-        images = load_images(images, input_shape, resize=resize)
-    images = np.asarray(images)
-    if images.shape == tuple(input_shape):
-        images = images[None]
-    if images.shape[1:] != tuple(input_shape):
-        raise SiameseK3Error(
-            f"images of shape {images.shape} do not fit this run: expected [N, {', '.join(map(str, input_shape))}] "
-            "(raw 0-255 pixels), or image file paths."
-        )
-    embeddings = embedding_model.predict(images, batch_size=batch_size, verbose=verbose)
+    pixels = as_pixels(images, input_shape, resize=resize)
+    if not len(pixels):
+        return np.zeros((0, int(embedding_model.output_shape[-1])), np.float32)
+    embeddings = embedding_model.predict(pixels, batch_size=batch_size, verbose=verbose)
     return np.asarray(keras.ops.convert_to_numpy(embeddings)).astype(np.float32)
+
+
+def _is_path(value):
+    return isinstance(value, (str, os.PathLike))
+
+
+def _is_image(value):
+    """An array-like holding one image or more (not a number or a row of a nested list)."""
+    return hasattr(value, "shape") and len(value.shape) >= 2
+
+
+def _one_image(item, position, count, input_shape, resize):
+    """Item `position` of a list given to `as_pixels`: a file read by `load_images`, or one image's pixels."""
+    if _is_path(item):
+        return load_images([item], input_shape, resize=resize)[0]
+    pixels = np.asarray(item)
+    _check_numeric(pixels, f"image {position} of {count} has")
+    if pixels.shape != input_shape:
+        raise SiameseK3Error(
+            f"image {position} of {count} has shape {pixels.shape}; this run's model takes "
+            f"{list(input_shape)} (raw 0-255 pixels, one image), or an image file path."
+        )
+    return pixels.astype(np.float32)
+
+
+def _check_numeric(pixels, subject):
+    """SiameseK3Error unless `pixels` hold numbers; `subject` starts the message ("images have")."""
+    if pixels.dtype.kind not in "iuf":
+        raise SiameseK3Error(
+            f"{subject} dtype {pixels.dtype}: expected numbers (raw 0-255 pixels), or image file paths."
+        )
+
+
+def _check_finite(pixels):
+    """SiameseK3Error naming how many images [N, ...] hold NaN or inf pixels, and which (by position)."""
+    if pixels.dtype.kind != "f":
+        return
+    bad = np.flatnonzero(~np.isfinite(pixels.reshape(len(pixels), -1)).all(axis=1))
+    if bad.size:
+        shown = ", ".join(map(str, bad[:10])) + (", ..." if bad.size > 10 else "")
+        raise SiameseK3Error(
+            f"{bad.size} of {len(pixels)} images hold NaN or inf pixels (images {shown}): give finite raw 0-255 pixels."
+        )
 
 
 def similarity(first, second, distance):

@@ -85,14 +85,31 @@ ERRORS = [
     (lambda root, out, image: ["export", root, "--format", "onnx"], 1, "not a run folder"),
     (lambda root, out, image: ["search", damage(root, out, "no_index"), image], 1, "has no similarity index"),
     (lambda root, out, image: ["search", out, big_image(root)], 1, "this run's model takes 28x28 images"),
-    (lambda root, out, image: ["search", out, image, "-k", "100000"], 1, "ask for at most k="),
+    (lambda root, out, image: ["search", out, image, "-k", "100000"], 1, "ask for at most -k 240,"),
     (lambda root, out, image: ["index", out, "--dataset", "fashion_mnist:validation"], 1, "split must be train or test"),
     (lambda root, out, image: ["index", out, "--images", root / "empty_folder"], 1, "holds no image files"),
     (lambda root, out, image: ["search", out, "fashion_mnist:validation:3"], 1,
      "'fashion_mnist:validation:3': the split must be train or test"),
     (lambda root, out, image: ["search", out, "fashion_mnist:test:x"], 1, "neither an image file nor a dataset row"),
     (lambda root, out, image: ["calibrate", out, "--target-precision", "2"], 2, "expected a number in (0, 1]"),
+    # issue 31: a folder as a query says so; the library's parameter names read as the CLI's flags
+    (lambda root, out, image: ["search", out, root / "empty_folder"], 1, "empty_folder is a folder, not an image file"),
+    (lambda root, out, image: ["train", "--out", root / "new", "--data-dir", root / "data", "--batch-size", "22",
+                               "--classes-per-batch", "11"], 1, "--classes-per-batch 11 exceeds the 10 distinct"),
+    (lambda root, out, image: ["train", "--out", root / "new", "--dataset", f"pairs:{unpaired_folders(root)}",
+                               "--loss", "triplet"], 1, "or pass --skip-unpaired to skip them"),
 ]
+
+
+def unpaired_folders(root):
+    """Paired folders with one file that has no partner."""
+    from paired_folders import make_paired_folders
+
+    folders = root / "unpaired"
+    if not folders.exists():
+        make_paired_folders(folders, count=4)
+        (folders / "left" / "alone.png").write_bytes((folders / "left" / "pair_000.png").read_bytes())
+    return folders
 
 
 def big_image(root):
@@ -219,3 +236,85 @@ def test_a_collapsed_embedding_is_flagged_and_strict_fails(tmp_path, capsys):
     assert "COLLAPSED" in captured.out
     with open(out / "status.json") as handle:
         assert json.load(handle)["state"] == "finished"
+
+
+def test_search_mixes_files_and_rows_and_caps_the_contact_sheet(finished, tmp_path, capsys):
+    """Issue 31: queries may mix image files and NAME:split:ROW rows; a sheet shows at most 10 neighbours a query;
+    --no-sheet writes none."""
+    _, out, image = finished
+    capsys.readouterr()
+    sheets = {k: tmp_path / f"k{k}.png" for k in (10, 30)}
+    for k, sheet in sheets.items():
+        argv = ["search", str(out), "fashion_mnist:test:0", str(image), "-k", str(k), "--sheet", str(sheet)]
+        assert cli.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert f"{image}\n" in printed and "fashion_mnist:test:0\n" in printed
+    assert sum(line.strip().startswith("30.") for line in printed.splitlines()) == 2  # every neighbour is printed
+    assert "(the first 10 neighbours of the first 2 queries)" in printed
+    with Image.open(sheets[10]) as ten, Image.open(sheets[30]) as thirty:
+        assert ten.size == thirty.size  # the same 2 x (1 + 10) grid
+    default = out / "search.png"
+    default.unlink(missing_ok=True)
+    assert cli.main(["search", str(out), str(image), "--no-sheet"]) == 0
+    assert not default.exists() and "Contact sheet" not in capsys.readouterr().out
+    assert cli.main(["search", str(out), str(image), "-k", "2", "--sheet"]) == 0
+    assert default.is_file()
+
+
+def test_index_of_a_folder_recurses_into_subfolders_and_names_what_it_skipped(finished, tmp_path, capsys):
+    """Issue 31: --images DIR indexes the images in its subfolders too (their ids: DIR/sub/name) and names the
+    files it skipped."""
+    import shutil
+
+    root, out, _ = finished
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    gallery = tmp_path / "gallery"
+    expected = [gallery / "a.png", gallery / "sub" / "b.PNG", gallery / "sub" / "deeper" / "c.png"]
+    for position, path in enumerate(expected):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((28, 28), 40 * position, np.uint8)).save(path, format="PNG")
+    (gallery / "sub" / "notes.txt").write_text("not an image")
+    (gallery / ".hidden").mkdir()
+    Image.fromarray(np.zeros((28, 28), np.uint8)).save(gallery / ".hidden" / "d.png")
+    capsys.readouterr()
+    assert cli.main(["index", str(run), "--images", str(gallery), "--engine", "numpy"]) == 0
+    captured = capsys.readouterr()
+    assert f"Indexed {len(expected)} embeddings" in captured.out
+    assert "skipped 1 files without an image suffix" in captured.err and "notes.txt" in captured.err
+    from siamese_k3 import Run
+
+    assert Run.open(run).index().ids == [str(path) for path in expected]
+
+
+@pytest.mark.parametrize("terminal", [True, False])
+def test_an_interrupt_starts_its_line_afresh_on_a_terminal(terminal, monkeypatch, capsys):
+    """Issue 31: a progress bar leaves the cursor mid-line on a terminal; the interrupt's message starts a new one."""
+    from siamese_k3.errors import RunInterrupted
+
+    def stopped(args):
+        print("12/120 [==>...........]", end="", flush=True)
+        raise RunInterrupted()
+
+    monkeypatch.setitem(cli.COMMANDS, "evaluate", stopped)
+    monkeypatch.setattr(cli, "_on_a_terminal", lambda: terminal)
+    assert cli.main(["evaluate", "RUN"]) == 130
+    expected = "siamese-k3: stopped by SIGINT\n"
+    assert capsys.readouterr().err == ("\n" + expected if terminal else expected)
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("classes_per_batch=11 exceeds the 10 classes.", "--classes-per-batch 11 exceeds the 10 classes."),
+    ("or pass skip_unpaired=True to skip them.", "or pass --skip-unpaired to skip them."),
+    ("ask for at most k=40, or add more items.", "ask for at most -k 40, or add more items."),
+    ("validation_split=0.2.", "--validation-split 0.2."),
+    ("samples_per_class=1: no flag of that name", "samples_per_class=1: no flag of that name"),
+    ("skip_unpaired=False stays", "skip_unpaired=False stays"),
+])
+def test_the_cli_spells_parameter_settings_as_its_flags(message, expected):
+    """Issue 31: the library names parameters; the CLI's messages name the flags a user types."""
+    assert cli.as_flags(message) == expected
+
+
+def test_a_path_holding_name_value_is_left_alone():
+    assert cli.as_flags("image /data/k=3/x.png: k=3 is too many") == "image /data/k=3/x.png: -k 3 is too many"

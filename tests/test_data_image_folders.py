@@ -168,6 +168,113 @@ def test_load_image_not_an_image(tmp_path):
         load_image(path)
 
 
+# --- load_image: the one reading rule (issue 31) -----------------------------
+
+
+RNG = np.random.default_rng(31)
+GREY = RNG.integers(0, 256, (6, 7)).astype(np.uint8)  # an 8-bit reference picture
+COLOUR = RNG.integers(0, 256, (6, 7, 3)).astype(np.uint8)
+ALPHA = RNG.integers(0, 256, (6, 7)).astype(np.uint8)
+
+
+def over_white(values, alpha):
+    """Compositing over white, written independently: c * a + 255 * (1 - a), a in [0, 1], rounded."""
+    weight = alpha.astype(np.float64)[..., None] / 255.0 if values.ndim == 3 else alpha / 255.0
+    return np.rint(values * weight + 255.0 * (1.0 - weight))
+
+
+def luma(rgb):
+    """ITU-R 601-2 luma, as the docstring states it."""
+    return (299 * rgb[..., 0].astype(np.float64) + 587 * rgb[..., 1] + 114 * rgb[..., 2]) / 1000
+
+
+@pytest.mark.parametrize("mode, suffix", [("I;16", "png"), ("I;16B", "tiff"), ("I", "tiff")])
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_16_bit_images_are_scaled_by_1_over_257_not_clipped(tmp_path, mode, suffix, grayscale):
+    exact = GREY.astype(np.uint32) * 257  # v * 257 must read as v
+    dtype = {"I;16": "<u2", "I;16B": ">u2", "I": "<i4"}[mode]
+    path = tmp_path / f"image.{suffix}"
+    Image.frombytes(mode, (7, 6), exact.astype(dtype).tobytes()).save(path)
+    assert Image.open(path).mode.startswith("I")
+    image = load_image(path, target_shape=None, grayscale=grayscale)
+    expected = GREY if grayscale else np.repeat(GREY[..., None], 3, axis=-1)
+    np.testing.assert_array_equal(image, expected)
+
+
+def test_any_16_bit_value_reads_as_its_nearest_8_bit_value(tmp_path):
+    values = np.array([[0, 128, 129, 65535, 40000, 300]], np.uint16)
+    path = tmp_path / "image.png"
+    Image.frombytes("I;16", (6, 1), values.astype("<u2").tobytes()).save(path)
+    np.testing.assert_array_equal(load_image(path, None, grayscale=True), np.rint(values / 257.0))
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_rgba_and_la_images_are_composited_over_white(tmp_path, grayscale):
+    rgba, la = tmp_path / "rgba.png", tmp_path / "la.png"
+    Image.fromarray(np.dstack([COLOUR, ALPHA])).save(rgba)
+    Image.fromarray(np.dstack([GREY, ALPHA])).save(la)
+    colour = over_white(COLOUR.astype(np.float64), ALPHA)
+    grey = over_white(GREY.astype(np.float64), ALPHA)
+    if grayscale:
+        np.testing.assert_allclose(load_image(rgba, None, grayscale=True), luma(colour), atol=1)
+        np.testing.assert_array_equal(load_image(la, None, grayscale=True), grey)
+    else:
+        np.testing.assert_array_equal(load_image(rgba, None), colour)
+        np.testing.assert_array_equal(load_image(la, None), np.repeat(grey[..., None], 3, axis=-1))
+
+
+def test_palette_images_read_their_palette_and_transparency(tmp_path):
+    palette = RNG.integers(0, 256, (256, 3)).astype(np.uint8)
+    indices = RNG.integers(0, 4, (6, 7)).astype(np.uint8)
+    image = Image.frombytes("P", (7, 6), indices.tobytes())
+    image.putpalette(palette.reshape(-1).tolist())
+    image.save(tmp_path / "plain.png")
+    np.testing.assert_array_equal(load_image(tmp_path / "plain.png", None), palette[indices])
+    image.save(tmp_path / "transparent.png", transparency=2)  # palette entry 2 is fully transparent
+    expected = palette[indices].astype(np.float64)
+    expected[indices == 2] = 255.0
+    np.testing.assert_array_equal(load_image(tmp_path / "transparent.png", None), expected)
+
+
+def test_cmyk_images_are_converted_to_rgb(tmp_path):
+    cmyk = RNG.integers(0, 256, (6, 7, 4)).astype(np.uint8)
+    path = tmp_path / "image.tiff"
+    Image.frombytes("CMYK", (7, 6), cmyk.tobytes()).save(path)
+    black = 255.0 - cmyk[..., 3:].astype(np.float64)
+    expected = (255.0 - cmyk[..., :3]) * black / 255.0
+    np.testing.assert_allclose(load_image(path, None), expected, atol=1)
+
+
+@pytest.mark.parametrize("orientation, turn", [(1, lambda a: a), (3, lambda a: np.rot90(a, 2)),
+                                               (6, lambda a: np.rot90(a, -1)), (8, lambda a: np.rot90(a, 1))])
+def test_exif_orientation_is_applied(tmp_path, orientation, turn):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / "photo.png"
+    Image.fromarray(GREY).save(path, exif=exif)
+    np.testing.assert_array_equal(load_image(path, None, grayscale=True), turn(GREY))
+
+
+def test_float_images_and_folders_are_refused_with_what_to_do(tmp_path):
+    path = tmp_path / "float.tiff"
+    Image.fromarray(GREY.astype(np.float32)).save(path)
+    with pytest.raises(SiameseK3Error, match="32-bit float image .mode F."):
+        load_image(path)
+    with pytest.raises(SiameseK3Error, match="is a folder, not an image file"):
+        load_image(tmp_path)
+
+
+def test_paired_folders_read_16_bit_images_by_the_same_rule(tmp_path):
+    for side in ("left", "right"):
+        os.makedirs(tmp_path / side)
+        for name in range(3):
+            pixels = (GREY.astype(np.uint32) + name) * 257
+            Image.frombytes("I;16", (7, 6), pixels.astype("<u2").tobytes()).save(tmp_path / side / f"{name}.png")
+    data = PairedImageFolders(tmp_path, target_shape=(6, 7), batch_size=1, shuffle=False, seed=0)
+    anchor = data.triplet_arrays()[0][0]
+    np.testing.assert_array_equal(anchor, np.repeat(GREY[..., None].astype(np.float64), 3, axis=-1))
+
+
 # --- bad input ----------------------------------------------------------------
 
 

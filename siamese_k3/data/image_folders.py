@@ -17,7 +17,7 @@ import warnings
 
 import keras
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from siamese_k3.checks import check_integer, check_seed
 from siamese_k3.errors import SiameseK3Error
@@ -32,16 +32,39 @@ _TRAINING_STREAM, _EVALUATION_STREAM = 0, 1
 def load_image(path, target_shape=(200, 200), grayscale=False):
     """One image file as a float32 array [H, W, 3] of raw 0-255 RGB pixels ([H, W] if grayscale).
 
-    Grey, palette and RGBA images are converted to RGB (alpha dropped). The image
-    is resized (bilinear, aspect ratio not kept) to `target_shape` = (height, width);
-    ``target_shape=None`` keeps its own size.
+    The one rule by which siamese_k3 reads image files (embeddings, similarity,
+    search, the index and the paired-folder datasets), in this order:
+
+    1. EXIF orientation is applied (``PIL.ImageOps.exif_transpose``): a photo
+       reads upright, as image viewers show it.
+    2. Every mode becomes 8 bits per channel:
+
+       - 16-bit grey (``I;16``, ``I;16B``, ``I;16L``, ``I;16N``) and 32-bit
+         integer (``I``) images: each value v becomes round(v / 257), clipped to
+         [0, 255] (so 0 -> 0 and 65535 -> 255; a value written as v * 257 reads
+         as v);
+       - bilevel (``1``), palette (``P``), ``CMYK``, ``YCbCr`` and the others
+         PIL knows: PIL's own conversion (CMYK: R = (255 - C)(255 - K) / 255, ...);
+       - with transparency (``LA``, ``RGBA``, ``PA``, a palette with a transparent
+         entry): composited over white, c' = round(c · a / 255 + 255 · (1 - a / 255));
+       - 32-bit float (``F``) images are refused: their range is unknown.
+    3. The 8-bit image is made RGB (grey replicated to the three channels) or,
+       with `grayscale` (models whose input shape is [H, W]), grey by PIL's ITU-R
+       601-2 luma, L = (299 R + 587 G + 114 B) / 1000.
+    4. It is resized (bilinear, aspect ratio not kept) to `target_shape` =
+       (height, width); ``target_shape=None`` keeps its own size.
+
+    Raises `SiameseK3Error` naming the file when it is missing, a folder, or
+    not an image PIL can read.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise SiameseK3Error(f"{path} is a folder, not an image file: give the image files in it.")
     if not os.path.isfile(path):
         raise SiameseK3Error(f"Image file not found: {path}.")
     try:
         with Image.open(path) as image:
-            image = image.convert("L" if grayscale else "RGB")
+            image = _eight_bit(ImageOps.exif_transpose(image), path).convert("L" if grayscale else "RGB")
             if target_shape is not None:
                 height, width = _check_target_shape(target_shape)
                 if image.size != (width, height):
@@ -51,6 +74,32 @@ def load_image(path, target_shape=(200, 200), grayscale=False):
         raise SiameseK3Error(
             f"Cannot read the image {path}: {error}. Replace or delete the file."
         ) from error
+
+
+_WIDE_INTEGER_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def _eight_bit(image, path):
+    """`image` (any PIL mode) as an 8-bit L or RGB image, by step 2 of `load_image`'s rule."""
+    mode = image.mode
+    if mode in _WIDE_INTEGER_MODES:
+        values = np.asarray(image).astype(np.float64)
+        return Image.fromarray(np.clip(np.rint(values / 257.0), 0, 255).astype(np.uint8))
+    if mode == "F":
+        raise SiameseK3Error(
+            f"{path} is a 32-bit float image (mode F), whose pixel range is unknown: save it as an 8- or 16-bit image."
+        )
+    if mode in ("P", "PA") and (mode == "PA" or "transparency" in image.info):
+        image, mode = image.convert("RGBA"), "RGBA"
+    elif mode in ("La", "RGBa"):  # premultiplied alpha
+        mode = "LA" if mode == "La" else "RGBA"
+        image = image.convert(mode)
+    if mode in ("LA", "RGBA"):
+        values = np.asarray(image).astype(np.float64)
+        alpha = values[..., -1:] / 255.0
+        composite = np.rint(values[..., :-1] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
+        return Image.fromarray(composite[..., 0] if mode == "LA" else composite)
+    return image if mode in ("L", "RGB") else image.convert("RGB")
 
 
 def _check_target_shape(target_shape):
