@@ -18,7 +18,6 @@ from siamese_k3.errors import RunFolderError, SiameseK3Error
 from siamese_k3.index import SimilarityIndex
 
 
-
 @pytest.fixture(scope="module")
 def finished(finished_run, tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
@@ -110,7 +109,7 @@ BAD_INPUT = {
     "search: k a string": (
         lambda root, run, arrays: run.search(arrays["x_test"][:1], k="3"), SiameseK3Error, "k='3'"),
     "search: more neighbours than the gallery": (
-        lambda root, run, arrays: run.search(arrays["x_test"][:1], k=41), SiameseK3Error, "at most k=40"),
+        lambda root, run, arrays: run.search(arrays["x_test"][:1], k=121), SiameseK3Error, "at most k=120"),
     "search: NaN queries": (
         lambda root, run, arrays: run.search(nan_images(2, [0])), SiameseK3Error, "1 of 2 images hold NaN"),
     "images: a folder": (
@@ -119,7 +118,7 @@ BAD_INPUT = {
         lambda root, run, arrays: run.images(["fashion_mnist:test:x"]), SiameseK3Error,
         "neither an image file nor a dataset row"),
     "images: a row past the end": (
-        lambda root, run, arrays: run.images(["fashion_mnist:test:40"]), SiameseK3Error, "has 40 rows"),
+        lambda root, run, arrays: run.images(["fashion_mnist:test:120"]), SiameseK3Error, "has 120 rows"),
     "images: not a path": (lambda root, run, arrays: run.images([3]), TypeError, "not int"),
     "SimilarityIndex: an unknown distance": (
         lambda root, run, arrays: SimilarityIndex("manhattan"), ValueError, "Unknown distance 'manhattan'"),
