@@ -231,6 +231,12 @@ class RunCheckpoint(keras.callbacks.Callback):
         with open(weights, "rb") as handle:
             if handle.read(8) != b"\x89HDF\r\n\x1a\n":
                 raise _damaged(weights, "is not an HDF5 weights file")
+        try:  # a truncated file starts like HDF5 too
+            import h5py
+
+            h5py.File(weights, "r").close()
+        except OSError as error:
+            raise _damaged(weights, f"cannot be loaded ({' '.join(str(error).split())[:200]})") from None
         return {"epoch": epoch, "weights": weights, "epochs": epochs}
 
     def restore(self, metadata):

@@ -283,10 +283,9 @@ def train(args):
 
 def evaluate(args):
     from siamese_k3 import api, run_evaluation
-    from siamese_k3.files import RunLock
 
     run = api.Run.open(args.run)
-    with RunLock(args.run):
+    with run.folder.lock():
         metrics = run.evaluate()
     _print_table(run_evaluation.table(metrics), run.path)
     return 0

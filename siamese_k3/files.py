@@ -9,8 +9,10 @@ process ends, however it ends.
 """
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -42,6 +44,68 @@ def atomic_path(path):
             os.remove(temporary)
 
 
+@contextlib.contextmanager
+def atomic_folder(path, owned):
+    """Yield an empty temporary folder beside `path`; on success it replaces the folder `path` as a whole.
+
+    Readers see the old folder or the new one, never files of both: the new
+    folder is exchanged with the old in one step (`exchange_paths`), or, where
+    the system cannot, the old is renamed away first (a kill between the two
+    renames leaves no folder, never a mixed one). The old folder may hold only
+    the files named in `owned` (anything else: `SiameseK3Error`, nothing written).
+    """
+    from siamese_k3.errors import SiameseK3Error
+
+    path = os.path.normpath(os.fspath(path))
+    others = sorted(set(os.listdir(path)) - set(owned)) if os.path.isdir(path) else []
+    if others:
+        raise SiameseK3Error(
+            f"{path} holds other files than an index ({', '.join(others[:3])}): choose an empty or new folder."
+        )
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.partial-{os.getpid()}")
+    old = os.path.join(folder, f".{name}.old-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    try:
+        yield temporary
+        if not os.path.isdir(path):
+            os.rename(temporary, path)
+        elif exchange_paths(temporary, path):
+            shutil.rmtree(temporary)
+        else:
+            os.rename(path, old)
+            os.rename(temporary, path)
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def exchange_paths(first, second):
+    """Swap two existing paths in one atomic step; False (nothing done) where the system cannot.
+
+    Linux's ``renameat2(..., RENAME_EXCHANGE)``: at every moment each path
+    holds one of the two. Elsewhere, or on a file system without it, the
+    caller falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc before 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_current_directory, rename_exchange = -100, 2
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), first, None, second)
+
+
 def write_json(path, value):
     """`value` as indented JSON at `path`, atomically (numpy scalars and arrays allowed)."""
     with atomic_path(path) as temporary, open(temporary, "w") as handle:
@@ -63,14 +127,16 @@ class RunLock:
 
     ``with RunLock(out): ...`` creates `out` if needed and locks ``out/.lock``;
     a second process asking for the same folder gets a `RunFolderError` at once,
-    naming the process that holds it (its pid, host, start time and command line,
+    naming the process that holds it and what to do (`elsewhere`, if given, is
+    appended: ", or choose another --out" where the command has --out) (its pid, host, start time and command line,
     written into the lock file). The OS drops the lock when the holder exits or
     is killed, so a crash never leaves the folder stuck.
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, elsewhere=""):
         self.folder = os.fspath(folder)
         self.path = os.path.join(self.folder, LOCK_NAME)
+        self.elsewhere = elsewhere  # the other way out, for commands that have one: ", or choose another --out"
         self._handle = None
 
     def __enter__(self):
@@ -83,8 +149,7 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise RunFolderError(
-                f"{self.folder} is in use by {holder}: wait for it to finish (or stop it), "
-                "or choose another --out."
+                f"{self.folder} is in use by {holder}: wait for it to finish (or stop it){self.elsewhere}."
             ) from None
         handle.seek(0)
         handle.truncate()

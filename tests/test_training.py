@@ -259,6 +259,10 @@ def test_overwrite_trains_afresh_over_a_damaged_checkpoint(data_dir, interrupted
         (["--backbone", "vgg99"], 1),
         (["--seed", "-1"], 2),
         (["--data-dir", "EMPTY"], 1),
+        # issue 31: checks that come once training starts (the sampler, the backbone, its weights file)
+        (["--batch-size", "44", "--classes-per-batch", "11"], 1),
+        (["--backbone", "resnet50"], 1),
+        (["--backbone", "resnet50", "--weights", "nosuch.h5"], 1),
     ],
 )
 def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, uninterrupted, data_dir, tmp_path, capsys):
@@ -276,6 +280,38 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, un
     assert capsys.readouterr().err.count("\n") == 1
     after = {name: (uninterrupted / name).read_bytes() for name in os.listdir(uninterrupted) if name != ".lock"}
     assert after == before
+    assert sorted(os.listdir(uninterrupted.parent)) == [uninterrupted.name]  # no scratch sibling left behind
+
+
+KILL_POINTS = ["first_epoch", "before_replace", "between_renames", "before_removal"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_9_anywhere_in_an_overwrite_leaves_the_old_run_or_a_resumable_new_one(
+    point, data_dir, uninterrupted, tmp_path
+):
+    """Issue 31 #1: the new run trains beside the old one and replaces it after its first checkpoint; a
+    SIGKILL at any moment leaves the old finished run whole or the new one unfinished, never neither, and
+    the same command then finishes the new run (equal to one trained in one go)."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"}
+    argv = ["--data-dir", str(data_dir), *SMALL, "--overwrite"]
+    worker = os.path.join(os.path.dirname(__file__), "overwrite_worker.py")
+    process = subprocess.run(
+        [sys.executable, worker, point, str(out), *argv], env=environment(), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    if point in ("first_epoch", "before_replace"):  # the old run, untouched
+        assert {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"} == before
+    elif point == "between_renames":  # neither in place: the next command that locks the folder completes it
+        assert not out.exists()
+    else:  # the new run, unfinished, resumable
+        assert read_json(out / "status.json")["state"] == "unfinished" and checkpoint_epoch(out) >= 1
+    assert cli.main(["train", "--out", str(out), *argv]) == 0
+    assert_same_run(out, uninterrupted)
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no scratch or replaced sibling left
 
 
 # --------------------------------------------------------------------------
