@@ -439,6 +439,8 @@ def main(argv=None):
 
         known = isinstance(error, (SiameseK3Error, RunFailedError))
         detail = str(error) if known else f"{type(error).__name__}: {error}"
+        if isinstance(error, OSError) and error.strerror and error.filename:  # a file the command could not use
+            detail = f"{error.filename}: {error.strerror}"
         print(f"siamese-k3: error: {' '.join(detail.split())}", file=sys.stderr)
         return 1
 

@@ -39,9 +39,48 @@ def atomic_path(path):
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:  # name the file asked for, never the temporary one
+        if temporary not in (error.filename, error.filename2):
+            raise
+        raise type(error)(error.errno, error.strerror, path) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def make_folders(path):
+    """`os.makedirs(path)`; the folders it created, outermost first. On failure (a name too long, a file in
+    the way) it removes those it had created, so nothing is left behind, and raises the `OSError`."""
+    missing, current = [], os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    created = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                if not os.path.isdir(folder):
+                    raise
+                continue
+            created.append(folder)
+    except OSError:
+        remove_folders(created)
+        raise
+    return created
+
+
+def remove_folders(created):
+    """Remove the empty folders `make_folders` created, innermost first (those no longer empty stay)."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
@@ -140,8 +179,15 @@ class RunLock:
         self._handle = None
 
     def __enter__(self):
-        os.makedirs(self.folder, exist_ok=True)
-        handle = open(self.path, "a+")
+        created = []
+        try:
+            created = make_folders(self.folder)
+            handle = open(self.path, "a+")
+        except OSError as error:
+            remove_folders(created)
+            raise RunFolderError(
+                f"cannot use {self.folder} as a run folder ({error.strerror or error}){self.elsewhere}."
+            ) from None
         try:
             _lock_exclusively(handle)
         except OSError:

@@ -110,7 +110,7 @@ class RunFolder:
         path = self.file(name)
         if not os.path.isfile(path):
             if required:
-                raise RunFolderError(f"{path} is missing: {self._not_whole()}")
+                raise RunFolderError(f"{path} is missing: {self._unfinished() or self._not_whole()}")
             return None
         try:
             with open(path) as handle:
@@ -311,6 +311,20 @@ class RunFolder:
                 continue
             if isinstance(value, dict):
                 check(self.file(name), value)
+
+    def _unfinished(self):
+        """What to do with a run whose status is unfinished (its files come when it finishes), else None."""
+        try:
+            with open(self.file("status.json")) as handle:
+                unfinished = json.load(handle).get("state") == UNFINISHED
+        except (OSError, ValueError, AttributeError):
+            return None
+        if unfinished:
+            return (
+                f"the run in {self.path} is unfinished; rerun the same `siamese-k3 train` command to resume "
+                "and finish it."
+            )
+        return None
 
     def _not_whole(self):
         return (

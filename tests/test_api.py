@@ -87,6 +87,10 @@ def test_an_unfinished_run_is_not_used(trained, tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"state": "unfinished"}))
     with pytest.raises(RunFolderError, match="unfinished run: rerun the same `siamese-k3 train` command"):
         Run.open(tmp_path).embedding_model()
+    with pytest.raises(RunFolderError) as caught:  # issue 31 #4: it said to retrain with --overwrite
+        Run.open(tmp_path).metrics
+    assert "is unfinished; rerun the same `siamese-k3 train` command to resume" in str(caught.value)
+    assert "--overwrite" not in str(caught.value)
 
 
 def test_train_takes_a_config_or_its_fields_not_both(tmp_path):
@@ -218,17 +222,19 @@ def test_an_index_with_fewer_items_than_vectors_is_one_clear_error(trained, tmp_
     assert "SimilarityIndex" not in message and f"`siamese-k3 index {copy} --dataset NAME[:split]`" in message
 
 
-@pytest.mark.parametrize("command", ["index", "calibrate"])
+@pytest.mark.parametrize("command", ["index", "calibrate", "evaluate"])
 def test_index_and_calibrate_take_the_run_lock(command, trained, capsys):
-    """Issue 31 #2b: two writers of one run's index used to both succeed with mixed files."""
+    """Issue 31 #2b: two writers of one run's index used to both succeed with mixed files; #4: the lock's
+    message offered --out to commands that have none."""
     from siamese_k3 import cli
 
     root, run, _ = trained
     extra = ["--dataset", "fashion_mnist"] if command == "index" else []
     before = (root / "run" / "calibration.json").read_bytes()
     with run.folder.lock():  # another writer holds the run
-        with pytest.raises(RunFolderError, match="is in use by pid"):
-            (run.build_index(dataset="fashion_mnist") if command == "index" else run.calibrate())
+        if command != "evaluate":
+            with pytest.raises(RunFolderError, match="is in use by pid"):
+                (run.build_index(dataset="fashion_mnist") if command == "index" else run.calibrate())
         capsys.readouterr()
         assert cli.main([command, str(root / "run"), *extra]) == 1
     error = capsys.readouterr().err
@@ -257,3 +263,16 @@ def test_a_run_folder_of_an_unknown_format_or_state_is_refused_in_one_line(file,
         Run.open(copy).embed(arrays["x_test"][:1])
     with pytest.raises(RunFolderError, match=match):
         siamese_k3.train(out=str(copy), data_dir=str(root / "data"), **TINY)
+
+
+def test_a_file_the_cli_cannot_write_is_named_without_temporary_names_or_exception_classes(trained, tmp_path, capsys):
+    """Issue 31 #4: `embed --output MISSING/x.npy` printed FileNotFoundError and the .x.partial-PID.npy name."""
+    from siamese_k3 import cli
+
+    root, _, arrays = trained
+    Image.fromarray(arrays["x_test"][0]).save(tmp_path / "a.png")
+    output = tmp_path / "missing" / "x.npy"
+    capsys.readouterr()
+    assert cli.main(["embed", str(root / "run"), "--images", str(tmp_path / "a.png"), "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert error == f"siamese-k3: error: {output}: No such file or directory\n"

@@ -339,3 +339,34 @@ def test_a_signal_in_training_stops_within_seconds_unfinished_and_the_same_comma
     assert "Traceback" not in error and "the same command resumes it" in error
     assert read_json(out / "status.json")["state"] == "unfinished"
     assert checkpoint_epoch(out) >= 1 and not (out / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------
+# messages (issue 31 #4)
+# --------------------------------------------------------------------------
+
+
+def test_a_diverged_run_says_failed_not_unfinished(data_dir, tmp_path, capsys, monkeypatch):
+    from siamese_k3.errors import NonFiniteLossError
+
+    class Diverge(training.StopOnNonFiniteLoss):
+        def on_epoch_end(self, epoch, logs=None):
+            raise NonFiniteLossError("loss became nan at epoch 1, step 3.")
+
+    monkeypatch.setattr(training, "StopOnNonFiniteLoss", Diverge)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", *COMMON]) == 1
+    error = capsys.readouterr().err
+    assert read_json(out / "status.json")["state"] == "failed"
+    assert f"The run in {out} is marked failed." in error and "unfinished" not in error
+
+
+def test_an_over_long_out_is_one_line_and_leaves_no_folders(data_dir, tmp_path, capsys):
+    """Issue 31 #4: the run folder's parents were made before the too-long name failed, and left."""
+    out = tmp_path.joinpath(*[f"level{depth}" for depth in range(20)], "x" * 300)
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "File name too long" in error and "OSError" not in error
+    assert not (tmp_path / "level0").exists()
