@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from siamese_k3.errors import RunFolderError
+from siamese_k3.errors import RunFolderError, SiameseK3Error
 
 LOCK_NAME = ".lock"
 
@@ -93,8 +93,6 @@ def atomic_folder(path, owned):
     renames leaves no folder, never a mixed one). The old folder may hold only
     the files named in `owned` (anything else: `SiameseK3Error`, nothing written).
     """
-    from siamese_k3.errors import SiameseK3Error
-
     path = os.path.normpath(os.fspath(path))
     others = sorted(set(os.listdir(path)) - set(owned)) if os.path.isdir(path) else []
     if others:

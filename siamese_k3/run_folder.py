@@ -117,7 +117,7 @@ class RunFolder:
                 return json.load(handle)
         except (OSError, ValueError) as error:
             raise RunFolderError(
-                f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())}): "
+                f"{path} is damaged ({' '.join(str(error).split())}): "
                 f"{self._not_whole()}"
             ) from None
 
@@ -373,6 +373,6 @@ def load_model(path):
     except Exception as error:  # zip, h5 and deserialization errors all mean: this file cannot be used
         detail = " ".join(str(error).split())[:200]
         raise RunFolderError(
-            f"{path} cannot be loaded ({type(error).__name__}: {detail}): it is damaged or was written by "
+            f"{path} cannot be loaded ({detail}): it is damaged or was written by "
             "other code; rerun the run's `siamese-k3 train` command with --overwrite to write it again."
         ) from None

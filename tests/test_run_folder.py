@@ -18,7 +18,8 @@ def test_a_damaged_json_file_is_named_with_what_to_do(tmp_path):
     with pytest.raises(RunFolderError) as caught:
         RunFolder(tmp_path).config()
     message = str(caught.value)
-    assert f"{tmp_path / 'config.json'} is damaged (JSONDecodeError" in message and "--overwrite" in message
+    assert f"{tmp_path / 'config.json'} is damaged (Expecting value" in message and "--overwrite" in message
+    assert "JSONDecodeError" not in message  # issue 31 #4: no exception class names in messages
     assert "\n" not in message
 
 
