@@ -46,7 +46,7 @@ import os
 import shutil
 import time
 
-from siamese_k3.errors import RunFolderError
+from siamese_k3.errors import RunFailedError, RunFolderError
 from siamese_k3.files import RunLock, atomic_path, exchange_paths, write_json
 
 RUN_FILES = (
@@ -221,8 +221,6 @@ class RunFolder:
                 try:
                     yield scratch, metadata
                 except Exception as error:
-                    from siamese_k3.errors import RunFailedError
-
                     if scratch.path != self.path and not isinstance(error, RunFailedError):
                         shutil.rmtree(scratch.path, ignore_errors=True)  # bad input: nothing of it is kept
                     raise
@@ -237,8 +235,6 @@ class RunFolder:
                     "rerun with the same options to resume it, or pass --overwrite to start over."
                 )
             metadata = _read_checkpoint(self.checkpoint)
-        elif overwrite:
-            self.remove_run()
         os.makedirs(self.path, exist_ok=True)
         yield self, metadata
 

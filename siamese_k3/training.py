@@ -142,7 +142,7 @@ def _train_prepared(folder, work, metadata, config, facts, data, parallel, verbo
         )
         if chief:
             work.write_status(FAILED, backend, f"{error}{resumable}")
-        kept = f" The finished run in {folder.path} is kept." if work.path != folder.path else ""
+        kept = f" The run it was to replace, in {folder.path}, is kept as it was." if work.path != folder.path else ""
         raise NonFiniteLossError(f"{error} The run in {work.path} is marked failed.{resumable}{kept}") from None
     except KeyboardInterrupt as error:  # SIGINT, SIGTERM (RunInterrupted): unfinished, resumable
         if chief:

@@ -346,7 +346,7 @@ def test_a_signal_in_training_stops_within_seconds_unfinished_and_the_same_comma
 # --------------------------------------------------------------------------
 
 
-def test_a_diverged_run_says_failed_not_unfinished(data_dir, tmp_path, capsys, monkeypatch):
+def diverge_in_the_first_epoch(monkeypatch):
     from siamese_k3.errors import NonFiniteLossError
 
     class Diverge(training.StopOnNonFiniteLoss):
@@ -354,12 +354,28 @@ def test_a_diverged_run_says_failed_not_unfinished(data_dir, tmp_path, capsys, m
             raise NonFiniteLossError("loss became nan at epoch 1, step 3.")
 
     monkeypatch.setattr(training, "StopOnNonFiniteLoss", Diverge)
+
+
+def test_a_diverged_run_says_failed_not_unfinished(data_dir, tmp_path, capsys, monkeypatch):
+    diverge_in_the_first_epoch(monkeypatch)
     out = tmp_path / "run"
     capsys.readouterr()
     assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", *COMMON]) == 1
     error = capsys.readouterr().err
     assert read_json(out / "status.json")["state"] == "failed"
     assert f"The run in {out} is marked failed." in error and "unfinished" not in error
+
+
+def test_an_overwrite_that_diverges_in_its_first_epoch_keeps_the_old_run(data_dir, uninterrupted, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"}
+    diverge_in_the_first_epoch(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL, "--overwrite"]) == 1
+    error = capsys.readouterr().err
+    assert f"The run it was to replace, in {out}, is kept as it was." in error and error.count("\n") == 1
+    assert {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"} == before
 
 
 def test_an_over_long_out_is_one_line_and_leaves_no_folders(data_dir, tmp_path, capsys):
