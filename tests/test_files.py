@@ -87,3 +87,13 @@ def test_run_lock_on_a_name_too_long_removes_the_folders_it_made(tmp_path):
     with pytest.raises(RunFolderError, match=r"cannot use .* as a run folder \(File name too long\)\.$"):
         RunLock(folder).__enter__()
     assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_run_lock_on_a_file_is_one_line_offering_the_given_way_out(tmp_path):
+    """Issue 31 #4: `--out FILE` printed `FileExistsError: [Errno 17] ...`."""
+    from siamese_k3.errors import RunFolderError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFolderError) as caught:
+        RunLock(tmp_path / "file", ", or choose another --out").__enter__()
+    assert str(caught.value) == f"cannot use {tmp_path / 'file'} as a run folder (File exists), or choose another --out."
