@@ -84,20 +84,20 @@ def remove_folders(created):
 
 
 @contextlib.contextmanager
-def atomic_folder(path, owned):
+def atomic_folder(path, owned, what="index"):
     """Yield an empty temporary folder beside `path`; on success it replaces the folder `path` as a whole.
 
     Readers see the old folder or the new one, never files of both: the new
     folder is exchanged with the old in one step (`exchange_paths`), or, where
     the system cannot, the old is renamed away first (a kill between the two
     renames leaves no folder, never a mixed one). The old folder may hold only
-    the files named in `owned` (anything else: `SiameseK3Error`, nothing written).
+    the files named in `owned` (anything else: `SiameseK3Error` naming `what`, nothing written).
     """
     path = os.path.normpath(os.fspath(path))
     others = sorted(set(os.listdir(path)) - set(owned)) if os.path.isdir(path) else []
     if others:
         raise SiameseK3Error(
-            f"{path} holds other files than an index ({', '.join(others[:3])}): choose an empty or new folder."
+            f"{path} holds other files than an {what} ({', '.join(others[:3])}): choose an empty or new folder."
         )
     folder, name = os.path.split(path)
     temporary = os.path.join(folder, f".{name}.partial-{os.getpid()}")
@@ -164,10 +164,12 @@ class RunLock:
 
     ``with RunLock(out): ...`` creates `out` if needed and locks ``out/.lock``;
     a second process asking for the same folder gets a `RunFolderError` at once,
-    naming the process that holds it and what to do (`elsewhere`, if given, is
-    appended: ", or choose another --out" where the command has --out) (its pid, host, start time and command line,
-    written into the lock file). The OS drops the lock when the holder exits or
-    is killed, so a crash never leaves the folder stuck.
+    naming the process that holds it (its pid, host, start time and command line,
+    written into the lock file) and what to do: wait, then `elsewhere` if given
+    (", or choose another --out" for a command that has --out). A folder that
+    cannot be made is one `RunFolderError` too, and leaves no folder behind.
+    The OS drops the lock when the holder exits or is killed, so a crash never
+    leaves the folder stuck.
     """
 
     def __init__(self, folder, elsewhere=""):

@@ -421,8 +421,9 @@ class SimilarityIndex:
 
         The folder is written as one unit: a new folder beside it replaces it whole
         (`siamese_k3.files.atomic_folder`), so a kill leaves the old index or the new one,
-        never files of both; a folder holding other files is refused. faiss.index is written for "hnsw" and "ivf" (the
-        graph or cells, not rebuilt on `load`); an exact index is rebuilt from the vectors.
+        never files of both; a folder holding other files is refused. faiss.index is
+        written for "hnsw" and "ivf" (the graph or cells, not rebuilt on `load`); an exact
+        index is rebuilt from the vectors.
         Returns `folder`.
         """
         if not len(self):
