@@ -17,6 +17,7 @@ Every command of the CLI is one of these calls; the CLI only parses, calls
 and prints. Errors follow `siamese_k3.errors`.
 """
 
+import dataclasses
 import os
 
 from siamese_k3 import calibration as calibrating
@@ -61,12 +62,14 @@ class Run:
             raise TypeError(f"a run folder is a path (str or os.PathLike), not {type(path).__name__}.")
         self.folder = RunFolder(path)
         self._facts = _checked_facts(self.folder)
+        self.folder.check_version()  # a folder of another format or state is refused, not misread
         self._embedding_model = None
 
     @classmethod
     def open(cls, path):
-        """The run in folder `path`; `RunFolderError` when it is not a run folder or its config is damaged
-        (not JSON, or without the run's distance and input shape)."""
+        """The run in folder `path`; `RunFolderError` when it is not a run folder, its config is damaged (not
+        JSON, or without the run's distance and input shape), or it was written in a format (config.json
+        ``format``) or state (status.json) this version does not read."""
         return cls(path)
 
     def __repr__(self):
@@ -172,9 +175,20 @@ class Run:
         if not os.path.isfile(path):
             return None
         try:
-            return calibrating.Calibration.load(path)
+            calibration = calibrating.Calibration.load(path)
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise RunFolderError(f"{path} is damaged ({type(error).__name__}: {error}): rerun `siamese-k3 calibrate`.") from None
+            raise RunFolderError(f"{path} is damaged ({' '.join(str(error).split())}): {self._calibrate_advice}") from None
+        fingerprint = self.folder.fingerprint()
+        if calibration.fingerprint not in (None, fingerprint):  # None: calibrated before fingerprints (0.3)
+            raise RunFolderError(
+                f"{path} was chosen with another model than {self.folder.file('embedding.keras')} (fingerprint "
+                f"{calibration.fingerprint}, not {fingerprint}): {self._calibrate_advice}"
+            )
+        return calibration
+
+    @property
+    def _calibrate_advice(self):
+        return f"calibrate this run again with `siamese-k3 calibrate {self.path}` (Run.calibrate)."
 
     def calibrate(self, target_precision=None, target_recall=None):
         """Choose the "same or not" threshold on one half of the test split (pairs runs: the held-out pairs).
@@ -184,6 +198,10 @@ class Run:
         ``(Calibration, summary)``, the summary with the precision and recall
         measured at that threshold on the other half.
         """
+        with self.folder.lock():  # one writer: calibrate, index and evaluate of one run wait for each other
+            return self._calibrate(target_precision, target_recall)
+
+    def _calibrate(self, target_precision, target_recall):
         model, config = self.embedding_model(), self.config
         facts = dict(self._facts)
         data = training.load_data(config, facts)
@@ -200,8 +218,9 @@ class Run:
                 embeddings, data["y_test"], config.distance, config.seed, target_precision, target_recall
             )
         result = run_evaluation.RunEvaluation({}, (), (), calibration=calibration)
-        result.write_calibration(self.path)
-        return calibration, summary
+        fingerprint = self.folder.fingerprint()
+        result.write_calibration(self.path, fingerprint=fingerprint)
+        return dataclasses.replace(calibration, fingerprint=fingerprint), summary
 
     def build_index(self, images=None, labels=None, ids=None, dataset=None, method="exact", engine="auto",
                     params=None, batch_size=256, verbose=0):  # fmt: skip
@@ -214,6 +233,10 @@ class Run:
         of raw pixels with optional `labels` and `ids`). `method`: ``exact``,
         ``hnsw``, ``ivf``.
         """
+        with self.folder.lock():  # one writer: two index runs into one run never mix their files
+            return self._build_index(images, labels, ids, dataset, method, engine, params, batch_size, verbose)
+
+    def _build_index(self, images, labels, ids, dataset, method, engine, params, batch_size, verbose):
         model = self.embedding_model()
         if dataset is not None:
             images, labels, ids = _dataset_gallery(dataset, self.config)
@@ -232,18 +255,24 @@ class Run:
         """The run's saved `SimilarityIndex` (RUN/index), refused when another run's model built it."""
         folder = self.folder.file(INDEX)
         if not os.path.isdir(folder):
-            raise RunFolderError(
-                f"{self.path} has no similarity index: build one with `siamese-k3 index {self.path} --dataset NAME` "
-                "(or Run.build_index)."
-            )
-        index = indexing.SimilarityIndex.load(folder)
+            raise RunFolderError(f"{self.path} has no similarity index: {self._index_advice('build one')}")
+        try:
+            index = indexing.SimilarityIndex.load(folder)
+        except SiameseK3Error as error:
+            what = str(error).rsplit(": ", 1)[0]  # the library's advice (save it again) replaced by the command
+            raise RunFolderError(f"{what}: {self._index_advice('rebuild it')}") from None
         if index.fingerprint != self.folder.fingerprint():
             raise RunFolderError(
                 f"the index in {folder} was built by another model than {self.folder.file('embedding.keras')} "
-                f"(fingerprint {index.fingerprint}, not {self.folder.fingerprint()}): rebuild it with "
-                f"`siamese-k3 index {self.path}`."
+                f"(fingerprint {index.fingerprint}, not {self.folder.fingerprint()}): {self._index_advice('rebuild it')}"
             )
         return index
+
+    def _index_advice(self, what):
+        return (
+            f"{what} with `siamese-k3 index {self.path} --dataset NAME[:split]` or "
+            f"`siamese-k3 index {self.path} --images DIR` (Run.build_index)."
+        )
 
     def search(self, queries, k=10):
         """The `k` nearest gallery items of each query (image paths or raw pixels, as `embed` takes them):

@@ -67,6 +67,7 @@ class Calibration:
     recalls: np.ndarray
     f1s: np.ndarray
     distance: str | None = None
+    fingerprint: str | None = None  # of the model whose distances chose it (a run's `RunFolder.fingerprint`)
 
     def to_dict(self):
         return {field.name: _plain(getattr(self, field.name)) for field in dataclasses.fields(self)}
@@ -94,14 +95,24 @@ class Calibration:
         return path
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path, fingerprint=None):
+        """The calibration saved at `path`; with `fingerprint`, refuse one chosen with another model's distances.
+
+        A calibration saved without a fingerprint (before 0.3) is accepted.
+        """
         try:
             with open(path) as handle:
-                return cls.from_dict(json.load(handle))
+                calibration = cls.from_dict(json.load(handle))
         except FileNotFoundError:
             raise SiameseK3Error(f"No calibration at {path}: calibrate first (calibrate(...).save(path)).") from None
         except (OSError, ValueError, TypeError) as error:
             raise SiameseK3Error(f"Cannot read the calibration {path} ({error}): calibrate again.") from None
+        if fingerprint is not None and calibration.fingerprint not in (None, fingerprint):
+            raise SiameseK3Error(
+                f"The calibration {path} was chosen with another model (fingerprint {calibration.fingerprint}, "
+                f"not {fingerprint}): calibrate again with this model."
+            )
+        return calibration
 
     def plot(self, path, title=None):
         """Precision, recall and F1 against the threshold, the chosen one marked, as a PNG (`plots.plot_calibration`)."""

@@ -222,7 +222,8 @@ class RunCheckpoint(keras.callbacks.Callback):
             epoch = int(metadata["epoch"])
             epochs = {int(key): dict(value) for key, value in _legacy_epochs(folder, metadata).items()}
         except (OSError, ValueError, KeyError, TypeError) as error:
-            raise _damaged(path, f"cannot be read ({type(error).__name__}: {error})") from None
+            detail = f"no {error.args[0]!r} entry" if isinstance(error, KeyError) else " ".join(str(error).split())
+            raise _damaged(path, f"cannot be read ({detail})") from None
         if sorted(epochs) != list(range(epoch)):
             raise _damaged(path, f"counts {epoch} finished epochs but logs {len(epochs)}")
         weights = os.path.join(folder, metadata.get("weights", "latest.weights.h5"))  # keras' own name before 0.2
@@ -231,6 +232,12 @@ class RunCheckpoint(keras.callbacks.Callback):
         with open(weights, "rb") as handle:
             if handle.read(8) != b"\x89HDF\r\n\x1a\n":
                 raise _damaged(weights, "is not an HDF5 weights file")
+        try:  # a truncated file starts like HDF5 too
+            import h5py
+
+            h5py.File(weights, "r").close()
+        except OSError as error:
+            raise _damaged(weights, f"cannot be loaded ({' '.join(str(error).split())[:200]})") from None
         return {"epoch": epoch, "weights": weights, "epochs": epochs}
 
     def restore(self, metadata):
@@ -244,7 +251,7 @@ class RunCheckpoint(keras.callbacks.Callback):
             model.load_weights(metadata["weights"])
         except (OSError, ValueError, KeyError) as error:
             detail = " ".join(str(error).split())[:200]
-            raise _damaged(metadata["weights"], f"cannot be loaded ({type(error).__name__}: {detail})") from None
+            raise _damaged(metadata["weights"], f"cannot be loaded ({detail})") from None
         self.epochs = dict(metadata["epochs"])
         return metadata["epoch"]
 

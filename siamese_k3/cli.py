@@ -338,10 +338,9 @@ def train(args):
 
 def evaluate(args):
     from siamese_k3 import api, run_evaluation
-    from siamese_k3.files import RunLock
 
     run = api.Run.open(args.run)
-    with RunLock(args.run):
+    with run.folder.lock():
         metrics = run.evaluate()
     _print_table(run_evaluation.table(metrics), run.path)
     return 0
@@ -500,6 +499,8 @@ def main(argv=None):
 
         known = isinstance(error, (SiameseK3Error, RunFailedError))
         detail = str(error) if known else f"{type(error).__name__}: {error}"
+        if isinstance(error, OSError) and error.strerror and error.filename:  # a file the command could not use
+            detail = f"{error.filename}: {error.strerror}"
         print(f"siamese-k3: error: {as_flags(' '.join(detail.split()), parser)}", file=sys.stderr)
         return 1
     # Only an interrupt gets here. The work it stopped (its frames were the traceback's) is released now, while

@@ -10,9 +10,9 @@ wrong (the argument, the file) and what to do.
   asked: not a run, finished (without overwrite), in use by another process,
   unfinished with other options, or holding a damaged or missing file.
 - `RunFailedError` (a `RuntimeError`): the run started and could not finish.
-  `NonFiniteLossError` (training diverged) and `PeerTimeoutError` (a
-  data-parallel peer never answered) are its kinds; the run folder is left
-  unfinished, and the same command resumes it.
+  `NonFiniteLossError` (training diverged: the run is marked ``failed``) and
+  `PeerTimeoutError` (a data-parallel peer never answered: left ``unfinished``)
+  are its kinds; the same command resumes from the last finished epoch.
 - `RunInterrupted` (a `KeyboardInterrupt`): SIGINT or SIGTERM stopped the run;
   the folder is left unfinished and the same command resumes it.
 
@@ -34,7 +34,7 @@ class RunFolderError(SiameseK3Error):
 
 
 class RunFailedError(RuntimeError):
-    """A run that started and could not finish; its folder is left unfinished (the same command resumes)."""
+    """A run that started and could not finish; the same command resumes it from its last finished epoch."""
 
 
 class NonFiniteLossError(RunFailedError, ArithmeticError):

@@ -9,15 +9,17 @@ process ends, however it ends.
 """
 
 import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
 import sys
 import time
 
 import numpy as np
 
-from siamese_k3.errors import RunFolderError
+from siamese_k3.errors import RunFolderError, SiameseK3Error
 
 LOCK_NAME = ".lock"
 
@@ -37,9 +39,108 @@ def atomic_path(path):
     try:
         yield temporary
         os.replace(temporary, path)
+    except OSError as error:  # name the file asked for, never the temporary one
+        if temporary not in (error.filename, error.filename2):
+            raise
+        raise type(error)(error.errno, error.strerror, path) from None
     finally:
         if os.path.exists(temporary):
             os.remove(temporary)
+
+
+def make_folders(path):
+    """`os.makedirs(path)`; the folders it created, outermost first. On failure (a name too long, a file in
+    the way) it removes those it had created, so nothing is left behind, and raises the `OSError`."""
+    missing, current = [], os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    created = []
+    try:
+        for folder in reversed(missing):
+            try:
+                os.mkdir(folder)
+            except FileExistsError:
+                if not os.path.isdir(folder):
+                    raise
+                continue
+            created.append(folder)
+    except OSError:
+        remove_folders(created)
+        raise
+    return created
+
+
+def remove_folders(created):
+    """Remove the empty folders `make_folders` created, innermost first (those no longer empty stay)."""
+    for folder in reversed(created):
+        try:
+            os.rmdir(folder)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def atomic_folder(path, owned, what="index"):
+    """Yield an empty temporary folder beside `path`; on success it replaces the folder `path` as a whole.
+
+    Readers see the old folder or the new one, never files of both: the new
+    folder is exchanged with the old in one step (`exchange_paths`), or, where
+    the system cannot, the old is renamed away first (a kill between the two
+    renames leaves no folder, never a mixed one). The old folder may hold only
+    the files named in `owned` (anything else: `SiameseK3Error` naming `what`, nothing written).
+    """
+    path = os.path.normpath(os.fspath(path))
+    others = sorted(set(os.listdir(path)) - set(owned)) if os.path.isdir(path) else []
+    if others:
+        raise SiameseK3Error(
+            f"{path} holds other files than an {what} ({', '.join(others[:3])}): choose an empty or new folder."
+        )
+    folder, name = os.path.split(path)
+    temporary = os.path.join(folder, f".{name}.partial-{os.getpid()}")
+    old = os.path.join(folder, f".{name}.old-{os.getpid()}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    try:
+        yield temporary
+        if not os.path.isdir(path):
+            os.rename(temporary, path)
+        elif exchange_paths(temporary, path):
+            shutil.rmtree(temporary)
+        else:
+            os.rename(path, old)
+            os.rename(temporary, path)
+            shutil.rmtree(old)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+
+
+def exchange_paths(first, second):
+    """Swap two existing paths in one atomic step; False (nothing done) where the system cannot.
+
+    Linux's ``renameat2(..., RENAME_EXCHANGE)``: at every moment each path
+    holds one of the two. Elsewhere, or on a file system without it, the
+    caller falls back to two renames.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # glibc before 2.28, musl
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    at_current_directory, rename_exchange = -100, 2
+    if renameat2(at_current_directory, os.fsencode(first), at_current_directory, os.fsencode(second), rename_exchange) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(code, os.strerror(code), first, None, second)
 
 
 def write_json(path, value):
@@ -64,18 +165,29 @@ class RunLock:
     ``with RunLock(out): ...`` creates `out` if needed and locks ``out/.lock``;
     a second process asking for the same folder gets a `RunFolderError` at once,
     naming the process that holds it (its pid, host, start time and command line,
-    written into the lock file). The OS drops the lock when the holder exits or
-    is killed, so a crash never leaves the folder stuck.
+    written into the lock file) and what to do: wait, then `elsewhere` if given
+    (", or choose another --out" for a command that has --out). A folder that
+    cannot be made is one `RunFolderError` too, and leaves no folder behind.
+    The OS drops the lock when the holder exits or is killed, so a crash never
+    leaves the folder stuck.
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, elsewhere=""):
         self.folder = os.fspath(folder)
         self.path = os.path.join(self.folder, LOCK_NAME)
+        self.elsewhere = elsewhere  # the other way out, for commands that have one: ", or choose another --out"
         self._handle = None
 
     def __enter__(self):
-        os.makedirs(self.folder, exist_ok=True)
-        handle = open(self.path, "a+")
+        created = []
+        try:
+            created = make_folders(self.folder)
+            handle = open(self.path, "a+")
+        except OSError as error:
+            remove_folders(created)
+            raise RunFolderError(
+                f"cannot use {self.folder} as a run folder ({error.strerror or error}){self.elsewhere}."
+            ) from None
         try:
             _lock_exclusively(handle)
         except OSError:
@@ -83,8 +195,7 @@ class RunLock:
             holder = handle.read().strip() or "another process"
             handle.close()
             raise RunFolderError(
-                f"{self.folder} is in use by {holder}: wait for it to finish (or stop it), "
-                "or choose another --out."
+                f"{self.folder} is in use by {holder}: wait for it to finish (or stop it){self.elsewhere}."
             ) from None
         handle.seek(0)
         handle.truncate()

@@ -44,7 +44,7 @@ import numpy as np
 
 from siamese_k3.checks import check_distance
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.files import atomic_path, write_json
+from siamese_k3.files import atomic_folder, write_json
 
 METHODS = ("exact", "hnsw", "ivf")
 ENGINES = ("auto", "numpy", "faiss")
@@ -55,6 +55,7 @@ DEFAULT_PARAMS = {
 }
 INSTALL_HINT = "pip install 'siamese_k3[search]'"
 FORMAT = "siamese_k3.index/1"
+INDEX_FILES = ("index.json", "vectors.npy", "items.json", "faiss.index")
 _NORM_EPSILON = 1e-12
 # Scores per chunk of the numpy search ([rows, N] floats, and a [rows, N] mask beside them).
 _CHUNK_ELEMENTS = 2**24
@@ -420,15 +421,16 @@ class SimilarityIndex:
     def save(self, folder):
         """Write the index into `folder`: vectors.npy (float32), items.json (labels, ids), index.json, faiss.index.
 
-        index.json (format, distance, method, params, fingerprint, count, dim) is written last,
-        so a folder holding it is complete. faiss.index is written for "hnsw" and "ivf" (the
-        graph or cells, not rebuilt on `load`); an exact index is rebuilt from the vectors.
+        The folder is written as one unit: a new folder beside it replaces it whole
+        (`siamese_k3.files.atomic_folder`), so a kill leaves the old index or the new one,
+        never files of both; a folder holding other files is refused. faiss.index is
+        written for "hnsw" and "ivf" (the graph or cells, not rebuilt on `load`); an exact
+        index is rebuilt from the vectors.
         Returns `folder`.
         """
         if not len(self):
             raise SiameseK3Error("The index is empty: add embeddings before saving it.")
         folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
         items = {"labels": None if self._labels is None else self._labels.tolist(), "ids": self._ids}
         try:
             json.dumps(items, default=_json_scalar)
@@ -436,19 +438,17 @@ class SimilarityIndex:
             raise SiameseK3Error(
                 f"Cannot save the index's labels or ids as JSON ({error}): use strings, numbers, lists or dicts."
             ) from None
-        with atomic_path(os.path.join(folder, "vectors.npy")) as temporary:
-            np.save(temporary, self._vectors)
-        write_json(os.path.join(folder, "items.json"), items)
-        faiss_file = None
-        if self.engine == "faiss" and self.method != "exact":
-            faiss = _import_faiss(self.method)
-            faiss_file = "faiss.index"
-            with atomic_path(os.path.join(folder, faiss_file)) as temporary:
-                faiss.write_index(self._built(), temporary)
-        metadata = {"format": FORMAT, "distance": self.distance, "method": self.method, "params": self.params,
-                    "fingerprint": self.fingerprint, "count": len(self), "dim": self.dim,
-                    "faiss_index": faiss_file}  # fmt: skip
-        write_json(os.path.join(folder, "index.json"), metadata)
+        with atomic_folder(folder, INDEX_FILES) as partial:  # one unit: never new vectors beside old items
+            np.save(os.path.join(partial, "vectors.npy"), self._vectors)
+            write_json(os.path.join(partial, "items.json"), items)
+            faiss_file = None
+            if self.engine == "faiss" and self.method != "exact":
+                faiss_file = "faiss.index"
+                _import_faiss(self.method).write_index(self._built(), os.path.join(partial, faiss_file))
+            metadata = {"format": FORMAT, "distance": self.distance, "method": self.method, "params": self.params,
+                        "fingerprint": self.fingerprint, "count": len(self), "dim": self.dim,
+                        "faiss_index": faiss_file}  # fmt: skip
+            write_json(os.path.join(partial, "index.json"), metadata)
         return folder
 
     @classmethod
@@ -474,6 +474,7 @@ class SimilarityIndex:
                 f"{folder}/vectors.npy holds {vectors.shape}, index.json says {metadata['count']} × {metadata['dim']}: "
                 "save the index again."
             )
+        _check_items(items, metadata["count"], folder)
         index._vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         index._labels = None if items["labels"] is None else np.asarray(items["labels"])
         index._ids = items["ids"]
@@ -646,6 +647,18 @@ def _json_scalar(value):
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def _check_items(items, count, folder):
+    """items.json: {"labels": list or None, "ids": list or None}, each list one entry per vector."""
+    if not isinstance(items, dict) or not {"labels", "ids"} <= set(items):
+        raise SiameseK3Error(f"{folder}/items.json is damaged (no labels and ids): save the index again.")
+    for name in ("labels", "ids"):
+        if items[name] is not None and (not isinstance(items[name], list) or len(items[name]) != count):
+            size = len(items[name]) if isinstance(items[name], list) else type(items[name]).__name__
+            raise SiameseK3Error(
+                f"{folder}/items.json holds {size} {name} for {count} vectors: the index is not whole; save it again."
+            )
 
 
 def _read_json(path, folder):

@@ -44,11 +44,15 @@ class RunEvaluation:
     class_names: object = None
     calibration: object = None  # a siamese_k3.calibration.Calibration, or None
 
-    def write_calibration(self, folder):
-        """calibration.json and calibration.png (the curve), when the evaluation calibrated."""
+    def write_calibration(self, folder, fingerprint=None):
+        """calibration.json and calibration.png (the curve), when the evaluation calibrated.
+
+        `fingerprint`: the model's (`RunFolder.fingerprint`), saved in calibration.json and checked when read.
+        """
         if self.calibration is not None:
-            self.calibration.save(os.path.join(folder, "calibration.json"))
-            self.calibration.plot(os.path.join(folder, "calibration.png"))
+            calibration = dataclasses.replace(self.calibration, fingerprint=fingerprint or self.calibration.fingerprint)
+            calibration.save(os.path.join(folder, "calibration.json"))
+            calibration.plot(os.path.join(folder, "calibration.png"))
 
     def write_plots(self, folder, history=None):
         """distances.png, triplets.png, embeddings_pca.png (labelled runs) and loss.png (given `history`)."""

@@ -2,8 +2,10 @@
 
 A run folder (``siamese-k3 train --out RUN``, ``siamese_k3.train(out=RUN)``) holds:
 
-- ``config.json``: the `TrainConfig` fields plus what the run found out
-  (``backend``, ``input_shape``, ``class_names``, data-parallel layout);
+- ``config.json``: the folder's ``format`` (`FORMAT`: a folder of another
+  format, or a status this version does not know, is refused in one line),
+  the `TrainConfig` fields plus what the run found out (``backend``,
+  ``input_shape``, ``class_names``, data-parallel layout);
 - ``status.json``: ``{"state": "unfinished" | "failed" | "finished", "backend",
   "time", "message"?}``. A run is ``finished`` only once every file below is
   written; ``failed`` means training diverged; ``unfinished`` means stopped
@@ -23,17 +25,29 @@ A run folder (``siamese-k3 train --out RUN``, ``siamese_k3.train(out=RUN)``) hol
   interruption anywhere resumes without retraining;
 - ``.lock``: held by the process writing the folder (`siamese_k3.files.RunLock`).
 
+``--overwrite`` never loses a finished run: the new run trains in a hidden
+sibling, ``.RUN.overwrite``, under the lock of RUN, and replaces RUN only once
+it holds the checkpoint of its first epoch (`RunFolder.replace_with`: RUN is
+exchanged with the new run in one atomic step on Linux, else renamed to
+``.RUN.replaced`` before the new run is renamed to RUN; then the old one is removed).
+Every check of the new run (its data, its batches, its backbone) happens before
+that. A kill at any moment leaves RUN holding the old finished run or the new
+unfinished one, which the same command resumes (without the atomic exchange, a
+kill between the two renames is completed by the next command that locks RUN,
+`RunFolder.lock`).
+
 Every file is written atomically (`siamese_k3.files`). Reading a damaged file
 raises `RunFolderError` naming the file and what to do.
 """
 
+import contextlib
 import json
 import os
 import shutil
 import time
 
-from siamese_k3.errors import RunFolderError
-from siamese_k3.files import RunLock, atomic_path, write_json
+from siamese_k3.errors import RunFailedError, RunFolderError
+from siamese_k3.files import RunLock, atomic_path, exchange_paths, write_json
 
 RUN_FILES = (
     "config.json", "status.json", "embedding.keras", "model.keras", "history.json", "metrics.json",
@@ -42,6 +56,9 @@ RUN_FILES = (
 INDEX = "index"
 CHECKPOINT = "backup"
 UNFINISHED, FAILED, FINISHED = "unfinished", "failed", "finished"
+STATES = (UNFINISHED, FAILED, FINISHED)
+FORMAT = "siamese_k3.run/1"  # config.json "format"; runs written before it have none, and read as this one
+SCRATCH, REPLACED = "overwrite", "replaced"  # the hidden siblings .RUN.overwrite and .RUN.replaced
 
 
 class RunFolder:
@@ -66,9 +83,25 @@ class RunFolder:
         """The checkpoint folder, ``RUN/backup``."""
         return self.file(CHECKPOINT)
 
-    def lock(self):
-        """`RunLock` on the folder: one writer at a time."""
-        return RunLock(self.path)
+    def sibling(self, kind):
+        """The hidden sibling ``.RUN.<kind>`` (`SCRATCH`: a new run replacing this one; `REPLACED`: the old one)."""
+        parent, name = os.path.split(os.path.normpath(os.path.abspath(self.path)))
+        return os.path.join(parent, f".{name}.{kind}")
+
+    @contextlib.contextmanager
+    def lock(self, elsewhere=""):
+        """`RunLock` on the folder (one writer at a time), after completing a replacement a kill cut short.
+
+        `elsewhere` ends the message when the folder is in use (``", or choose another --out"``).
+        """
+        scratch, replaced = self.sibling(SCRATCH), self.sibling(REPLACED)
+        if not os.path.exists(self.path) and os.path.isdir(replaced) and os.path.isdir(scratch):
+            with RunLock(scratch):  # killed between the two renames of `replace_with`: finish it
+                if not os.path.exists(self.path):
+                    os.rename(scratch, self.path)
+        with RunLock(self.path, elsewhere) as held:
+            shutil.rmtree(replaced, ignore_errors=True)
+            yield held
 
     # ------------------------------------------------------------------ reading
 
@@ -77,14 +110,14 @@ class RunFolder:
         path = self.file(name)
         if not os.path.isfile(path):
             if required:
-                raise RunFolderError(f"{path} is missing: {self._not_whole()}")
+                raise RunFolderError(f"{path} is missing: {self._unfinished() or self._not_whole()}")
             return None
         try:
             with open(path) as handle:
                 return json.load(handle)
         except (OSError, ValueError) as error:
             raise RunFolderError(
-                f"{path} is damaged ({type(error).__name__}: {' '.join(str(error).split())}): "
+                f"{path} is damaged ({' '.join(str(error).split())}): "
                 f"{self._not_whole()}"
             ) from None
 
@@ -97,6 +130,7 @@ class RunFolder:
         config = self.read_json("config.json")
         if not isinstance(config, dict):
             raise RunFolderError(f"{self.file('config.json')} is damaged (not a JSON object): {self._not_whole()}")
+        _check_format(self.file("config.json"), config)
         return config
 
     def status(self):
@@ -104,6 +138,8 @@ class RunFolder:
         status = self.read_json("status.json", required=False)
         if status is not None and not isinstance(status, dict):
             raise RunFolderError(f"{self.file('status.json')} is damaged (not a JSON object): {self._not_whole()}")
+        if status is not None:
+            _check_state(self.file("status.json"), status)
         return status
 
     def state(self):
@@ -151,37 +187,87 @@ class RunFolder:
         """`model.save(RUN/name)` atomically: a kill mid-save leaves the previous file, never half of one."""
         save_model(model, self.file(name))
 
+    @contextlib.contextmanager
     def prepare(self, config, overwrite):
-        """Get the folder ready to train `config` (a `TrainConfig`); the checked checkpoint when resuming.
+        """Get ready to train `config` (a `TrainConfig`): ``with folder.prepare(...) as (work, metadata)``.
 
-        Call it only once everything else is checked (options, data): this is
-        the first step that changes the folder. A finished run is refused unless
-        `overwrite`, which then removes it; an unfinished run is resumed when
-        its options are the same (its checkpoint checked whole, else
-        `RunFolderError` naming the damaged file), and refused otherwise.
+        Call it under `lock`, once everything else is checked (options, data).
+        `work` is the `RunFolder` to train in, `metadata` the checked checkpoint
+        to resume from (None to start). A finished run is refused unless
+        `overwrite`; an unfinished run is resumed when its options are the same
+        (its checkpoint checked whole, else `RunFolderError` naming the damaged
+        file), and refused otherwise. With `overwrite`, a run that cannot be
+        resumed is replaced: `work` is then the scratch sibling, to hand to
+        `replace_with` once it holds a checkpoint; until then the old run is
+        untouched, and the scratch is removed if training fails on bad input.
         """
-        from siamese_k3.callbacks import RunCheckpoint
-
+        if not overwrite:
+            self.check_version()
         state = self._state_quietly()  # an unfinished run resumes even when a kill left its metrics.json
         finished = state == FINISHED or (state is None and os.path.exists(self.file("metrics.json")))
         if finished and not overwrite:
             raise RunFolderError(
                 f"{self.path} holds a finished run: pass --overwrite to replace it, or choose another --out."
             )
-        if overwrite:
-            self.remove_run()
+        scratch = RunFolder(self.sibling(SCRATCH))
+        if overwrite and self._holds_run() and not (state == UNFINISHED and self._resumable(config)):
+            with RunLock(scratch.path):  # which becomes RUN/.lock when the scratch replaces RUN
+                metadata = scratch._resumable(config) or None
+                if metadata is None:
+                    scratch.remove_run()
+                else:  # a kill came after its first checkpoint, before it replaced the old run
+                    self.replace_with(scratch)
+                    metadata = _read_checkpoint(self.checkpoint)  # its paths, now in place
+                try:
+                    yield scratch, metadata
+                except Exception as error:
+                    if scratch.path != self.path and not isinstance(error, RunFailedError):
+                        shutil.rmtree(scratch.path, ignore_errors=True)  # bad input: nothing of it is kept
+                    raise
+            return
+        shutil.rmtree(scratch.path, ignore_errors=True)  # an --overwrite given up before its first epoch
         metadata = None
-        if os.path.isdir(self.checkpoint):
-            previous = self.read_json("config.json", required=False) or {}
-            changed = config.differences(previous)
+        if os.path.isdir(self.checkpoint) and not (overwrite and state != UNFINISHED):
+            changed = config.differences(self.read_json("config.json", required=False) or {})
             if changed:
                 raise RunFolderError(
                     f"{self.path} holds an unfinished run with other options ({', '.join(changed)}): "
                     "rerun with the same options to resume it, or pass --overwrite to start over."
                 )
-            metadata = RunCheckpoint.read(self.checkpoint)
+            metadata = _read_checkpoint(self.checkpoint)
         os.makedirs(self.path, exist_ok=True)
-        return metadata
+        yield self, metadata
+
+    def replace_with(self, work):
+        """Put the run trained in `work` (the scratch sibling) in place of this folder's; `work` then points here.
+
+        One atomic exchange where the system has one (Linux), else two renames
+        (this folder to ``.RUN.replaced``, `work` to RUN; a kill between them is
+        completed by `lock`); then the old run is removed.
+        """
+        if exchange_paths(work.path, self.path):
+            old = work.path
+        else:
+            old = self.sibling(REPLACED)
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(self.path, old)
+            os.rename(work.path, self.path)
+        work.path = self.path
+        shutil.rmtree(old, ignore_errors=True)
+
+    def _holds_run(self):
+        return any(os.path.exists(self.file(name)) for name in (*RUN_FILES, INDEX, CHECKPOINT))
+
+    def _resumable(self, config):
+        """The whole checkpoint of an unfinished run of `config` in this folder, else False."""
+        if not os.path.isdir(self.checkpoint):
+            return False
+        try:
+            if config.differences(self.read_json("config.json", required=False) or {}):
+                return False
+            return _read_checkpoint(self.checkpoint) or False
+        except RunFolderError:
+            return False
 
     def remove_run(self):
         """Remove every run file, the index and the checkpoint (the lock file stays)."""
@@ -212,11 +298,58 @@ class RunFolder:
         except RunFolderError:
             return None
 
+    def check_version(self):
+        """`RunFolderError` for a run of another format or an unknown state (a damaged file is not refused here)."""
+        for name, check in (("config.json", _check_format), ("status.json", _check_state)):
+            try:
+                value = self.read_json(name, required=False)
+            except RunFolderError:
+                continue
+            if isinstance(value, dict):
+                check(self.file(name), value)
+
+    def _unfinished(self):
+        """What to do with a run whose status is unfinished (its files come when it finishes), else None."""
+        try:
+            with open(self.file("status.json")) as handle:
+                unfinished = json.load(handle).get("state") == UNFINISHED
+        except (OSError, ValueError, AttributeError):
+            return None
+        if unfinished:
+            return (
+                f"the run in {self.path} is unfinished; rerun the same `siamese-k3 train` command to resume "
+                "and finish it."
+            )
+        return None
+
     def _not_whole(self):
         return (
             f"the run in {self.path} is not whole; rerun its `siamese-k3 train` command with --overwrite to "
             "train it again (or restore the file from a copy)."
         )
+
+
+def _check_format(path, config):
+    version = config.get("format", FORMAT)
+    if version != FORMAT:
+        raise RunFolderError(
+            f"{path} is of format {version!r}: this version of siamese_k3 reads run folders of format "
+            f"{FORMAT!r}; use the siamese_k3 that wrote it (or a newer one)."
+        )
+
+
+def _check_state(path, status):
+    if "state" in status and status["state"] not in STATES:
+        raise RunFolderError(
+            f"{path} has the state {status.get('state')!r}: this version of siamese_k3 reads "
+            f"{', '.join(STATES)}; use the siamese_k3 that wrote it (or a newer one)."
+        )
+
+
+def _read_checkpoint(path):
+    from siamese_k3.callbacks import RunCheckpoint  # keras, only when training
+
+    return RunCheckpoint.read(path)
 
 
 def save_model(model, path):
@@ -236,6 +369,6 @@ def load_model(path):
     except Exception as error:  # zip, h5 and deserialization errors all mean: this file cannot be used
         detail = " ".join(str(error).split())[:200]
         raise RunFolderError(
-            f"{path} cannot be loaded ({type(error).__name__}: {detail}): it is damaged or was written by "
+            f"{path} cannot be loaded ({detail}): it is damaged or was written by "
             "other code; rerun the run's `siamese-k3 train` command with --overwrite to write it again."
         ) from None

@@ -6,7 +6,9 @@
    config (when it was built), the backbone's name, the data (found and read),
    the data-parallel layout;
 2. prepare the folder (`RunFolder.prepare`): refuse a finished run unless
-   overwrite, resume an unfinished one from its checked checkpoint;
+   overwrite, resume an unfinished one from its checked checkpoint; under
+   overwrite the new run trains in a scratch sibling and replaces the old one
+   after its first checkpoint, so no late check can lose the old run;
 3. `fit` from the checkpoint's epoch, with the sampler continuing from that
    epoch, the optimizer and random-generator state restored: a resumed run
    equals an uninterrupted one;
@@ -38,7 +40,7 @@ from siamese_k3.interrupts import stop_on_signals
 from siamese_k3.metrics import FractionPositiveTriplets
 from siamese_k3.models import MiningModel, SiameseModel, standalone_embedding
 from siamese_k3.parallel import DataParallel
-from siamese_k3.run_folder import FAILED, FINISHED, UNFINISHED, RunFolder
+from siamese_k3.run_folder import FAILED, FINISHED, FORMAT, SCRATCH, UNFINISHED, RunFolder
 
 logger = logging.getLogger("siamese_k3")
 
@@ -68,7 +70,7 @@ def train_run(config, out=None, overwrite=False, data_parallel=False, collective
         parallel = start_data_parallel(collective_timeout) if data_parallel else None
         chief = parallel is None or parallel.is_chief
         try:
-            with folder.lock() if chief else contextlib.nullcontext():
+            with folder.lock(", or choose another --out") if chief else contextlib.nullcontext():
                 return folder, _train_locked(folder, config, overwrite, parallel, verbose, stop.callback)
         finally:
             if parallel is not None:
@@ -100,35 +102,51 @@ def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
         facts["data_parallel_devices"] = _check_data_parallel(parallel, config.train_batch_size)
         facts["data_parallel_processes"] = parallel.processes
     data = load_data(config, facts)  # data problems surface here, before the folder changes
-    metadata = None
+    with folder.prepare(config, overwrite) if chief else _follow(folder) as (work, metadata):
+        return _train_prepared(folder, work, metadata, config, facts, data, parallel, verbose, stop_callback)
+
+
+@contextlib.contextmanager
+def _follow(folder):
+    """A data-parallel process beside the chief: the folder the chief trains in (prepared after the barrier)."""
+    yield folder, None
+
+
+def _train_prepared(folder, work, metadata, config, facts, data, parallel, verbose, stop_callback):
+    """Train in `work` (`folder`, or under --overwrite its scratch sibling, which replaces it after one epoch)."""
+    chief = parallel is None or parallel.is_chief
+    backend = facts["backend"]
     if chief:
-        metadata = folder.prepare(config, overwrite)
         if metadata is not None:
             logger.info(f"Resuming the unfinished run in {folder.path} after epoch {metadata['epoch']}")
-        folder.write_json("config.json", {**config.to_dict(), **facts})
-        folder.write_status(UNFINISHED, backend)
+        work.write_json("config.json", {"format": FORMAT, **config.to_dict(), **facts})
+        work.write_status(UNFINISHED, backend)
     if parallel is not None:
-        parallel.barrier()  # the chief has prepared the folder (and removed an old run under overwrite)
+        parallel.barrier()  # the chief has prepared the folder (and its scratch sibling under overwrite)
         if not chief:  # the chief's checkpoint, read from the folder it prepared
-            metadata = RunCheckpoint.read(folder.checkpoint)
+            scratch = RunFolder(folder.sibling(SCRATCH))
+            work = scratch if os.path.isdir(scratch.path) else folder
+            metadata = RunCheckpoint.read(work.checkpoint)
     precision.set_precision(config.mixed_precision)
     try:
         model, embedding_model, checkpoint = _fit(
-            data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback
+            data, config, facts, work, metadata, parallel, chief, verbose, stop_callback,
+            _ReplaceAfterCheckpoint(folder, work) if chief and work.path != folder.path else None,
         )
         if parallel is not None:
             parallel.barrier()  # every process is done with the collectives before any leaves
     except NonFiniteLossError as error:
         resumable = (
             " Rerunning the same command resumes it from the last finished epoch."
-            if os.path.isfile(os.path.join(folder.checkpoint, RunCheckpoint.METADATA)) else ""
+            if os.path.isfile(os.path.join(work.checkpoint, RunCheckpoint.METADATA)) else ""
         )
         if chief:
-            folder.write_status(FAILED, backend, f"{error}{resumable}")
-        raise NonFiniteLossError(f"{error} The run in {folder.path} is left unfinished.{resumable}") from None
+            work.write_status(FAILED, backend, f"{error}{resumable}")
+        kept = f" The run it was to replace, in {folder.path}, is kept as it was." if work.path != folder.path else ""
+        raise NonFiniteLossError(f"{error} The run in {work.path} is marked failed.{resumable}{kept}") from None
     except KeyboardInterrupt as error:  # SIGINT, SIGTERM (RunInterrupted): unfinished, resumable
         if chief:
-            folder.write_status(UNFINISHED, backend, f"{error or 'interrupted'}: rerun the same command to resume")
+            work.write_status(UNFINISHED, backend, f"{error or 'interrupted'}: rerun the same command to resume")
         raise
     finally:
         precision.set_precision(None)
@@ -136,7 +154,22 @@ def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
             parallel.stop()  # saving and evaluating below run in the chief alone (a second stop is a no-op)
     if not chief:
         return None
+    if work.path != folder.path:  # trained no epoch here (resumed past the last): replace the old run now
+        folder.replace_with(work)
     return _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel)
+
+
+class _ReplaceAfterCheckpoint(keras.callbacks.Callback):
+    """--overwrite: the new run, trained in the scratch sibling, replaces the old one once it holds a checkpoint."""
+
+    def __init__(self, folder, work):
+        super().__init__()
+        self.folder, self.work, self.checkpoint = folder, work, None
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.work.path != self.folder.path:
+            self.folder.replace_with(self.work)
+            self.checkpoint.folder = self.work.checkpoint
 
 
 def _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel):
@@ -149,7 +182,7 @@ def _finish(folder, config, facts, data, model, embedding_model, checkpoint, par
     folder.write_json("history.json", history)
     evaluation = run_evaluation.evaluate(config, facts, embedding_model, data)
     evaluation.write_plots(folder.path, history)
-    evaluation.write_calibration(folder.path)
+    evaluation.write_calibration(folder.path, fingerprint=folder.fingerprint())
     metrics = evaluation.metrics
     metrics["train_seconds"] = round(checkpoint.seconds, 1)
     folder.write_json("metrics.json", metrics)
@@ -234,12 +267,12 @@ def build_backbone(config, input_shape):
 # --------------------------------------------------------------------------
 
 
-def _fit(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback):
+def _fit(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace=None):
     with parallel.scope() if parallel is not None else contextlib.nullcontext():  # tf.distribute mirrors the variables
-        return _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback)
+        return _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace)
 
 
-def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback):
+def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace):
     backbone = build_backbone(config, facts["input_shape"])
     model, train_data, validation, compile_options = _model_and_batches(backbone, data, config)
     schedule = keras.optimizers.schedules.CosineDecay(
@@ -259,7 +292,9 @@ def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbos
     if hasattr(train_data, "set_epoch"):  # the batches continue where the checkpoint stopped
         train_data.set_epoch(initial_epoch)
     # The signal check first: an interrupted epoch is never checkpointed.
-    callbacks = [stop_callback, StopOnNonFiniteLoss(), _validation_callback(data, config, backbone), checkpoint]
+    if replace is not None:  # after the checkpoint: the new run replaces the old once it can resume
+        replace.checkpoint = checkpoint
+    callbacks = [stop_callback, StopOnNonFiniteLoss(), _validation_callback(data, config, backbone), checkpoint, replace]
     if parallel is not None:
         inputs = parallel.fit_inputs(train_data, validation)
     else:

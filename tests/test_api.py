@@ -105,6 +105,10 @@ def test_an_unfinished_run_is_not_used(trained, tmp_path):
     (tmp_path / "status.json").write_text(json.dumps({"state": "unfinished"}))
     with pytest.raises(RunFolderError, match="unfinished run: rerun the same `siamese-k3 train` command"):
         Run.open(tmp_path).embedding_model()
+    with pytest.raises(RunFolderError) as caught:  # issue 31 #4: it said to retrain with --overwrite
+        Run.open(tmp_path).metrics
+    assert "is unfinished; rerun the same `siamese-k3 train` command to resume" in str(caught.value)
+    assert "--overwrite" not in str(caught.value)
 
 
 def test_train_takes_a_config_or_its_fields_not_both(tmp_path):
@@ -174,3 +178,117 @@ def test_an_index_of_image_files_has_their_paths_as_ids_and_shows_their_images(t
     rows, labels = run.images(["fashion_mnist:test:3"])
     np.testing.assert_array_equal(rows[0], arrays["x_test"][3])
     assert labels[0] == arrays["y_test"][3]
+
+
+# --------------------------------------------------------------------------
+# artefacts that belong to their model, written whole, one writer (issue 31)
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def other_model(trained, tmp_path_factory):
+    """A copy of the run with an index, whose embedding.keras was then replaced by another model."""
+    import shutil
+
+    root, run, _ = trained
+    run.build_index(dataset="fashion_mnist:test", engine="numpy")
+    other = tmp_path_factory.mktemp("other") / "run"
+    shutil.copytree(root / "run", other)
+    model = keras.models.load_model(other / "embedding.keras")
+    model.set_weights([weight * 0.5 for weight in model.get_weights()])
+    model.save(other / "embedding.keras")
+    return other
+
+
+def test_calibration_carries_its_model_fingerprint_and_another_models_is_refused(trained, other_model):
+    """Issue 31 #2c: calibration.json of another model was used silently."""
+    root, run, arrays = trained
+    saved = json.loads((root / "run" / "calibration.json").read_text())
+    assert saved["fingerprint"] == run.folder.fingerprint()
+    with pytest.raises(RunFolderError) as caught:
+        Run.open(other_model).similarity(arrays["x_test"][0], arrays["x_test"][1])
+    message = str(caught.value)
+    assert "calibration.json was chosen with another model" in message and "\n" not in message
+    assert f"`siamese-k3 calibrate {other_model}`" in message
+
+
+def test_the_index_of_another_model_names_the_whole_index_command(other_model):
+    with pytest.raises(RunFolderError) as caught:
+        Run.open(other_model).index()
+    message = str(caught.value)
+    assert "fingerprint" in message and "SimilarityIndex" not in message
+    assert f"`siamese-k3 index {other_model} --dataset NAME[:split]`" in message
+    assert f"`siamese-k3 index {other_model} --images DIR`" in message
+
+
+def test_an_index_with_fewer_items_than_vectors_is_one_clear_error(trained, tmp_path):
+    """Issue 31 #2d: a shorter items.json gave an IndexError at search time."""
+    import shutil
+
+    root, run, _ = trained
+    run.build_index(dataset="fashion_mnist:test", engine="numpy")
+    copy = tmp_path / "run"
+    shutil.copytree(root / "run", copy)
+    items = json.loads((copy / "index" / "items.json").read_text())
+    (copy / "index" / "items.json").write_text(json.dumps({"labels": items["labels"][:3], "ids": items["ids"]}))
+    with pytest.raises(RunFolderError) as caught:
+        Run.open(copy).index()
+    message = str(caught.value)
+    assert f"items.json holds 3 labels for {len(items['ids'])} vectors" in message
+    assert "SimilarityIndex" not in message and f"`siamese-k3 index {copy} --dataset NAME[:split]`" in message
+
+
+@pytest.mark.parametrize("command", ["index", "calibrate", "evaluate"])
+def test_index_and_calibrate_take_the_run_lock(command, trained, capsys):
+    """Issue 31 #2b: two writers of one run's index used to both succeed with mixed files; #4: the lock's
+    message offered --out to commands that have none."""
+    from siamese_k3 import cli
+
+    root, run, _ = trained
+    extra = ["--dataset", "fashion_mnist"] if command == "index" else []
+    before = (root / "run" / "calibration.json").read_bytes()
+    with run.folder.lock():  # another writer holds the run
+        if command != "evaluate":
+            with pytest.raises(RunFolderError, match="is in use by pid"):
+                (run.build_index(dataset="fashion_mnist") if command == "index" else run.calibrate())
+        capsys.readouterr()
+        assert cli.main([command, str(root / "run"), *extra]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "is in use by pid" in error and "--out" not in error
+    assert (root / "run" / "calibration.json").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "file, change, match",
+    [
+        ("config.json", {"format": "siamese_k3.run/9"}, "format 'siamese_k3.run/9': this version of siamese_k3 reads"),
+        ("status.json", {"state": "archived"}, "state 'archived': this version of siamese_k3 reads unfinished, failed"),
+    ],
+)
+def test_a_run_folder_of_an_unknown_format_or_state_is_refused_in_one_line(file, change, match, trained, tmp_path):
+    """Issue 31 #3."""
+    import shutil
+
+    root, _, arrays = trained
+    copy = tmp_path / "run"
+    shutil.copytree(root / "run", copy)
+    assert json.loads((root / "run" / "config.json").read_text())["format"] == "siamese_k3.run/1"
+    values = json.loads((copy / file).read_text())
+    (copy / file).write_text(json.dumps({**values, **change}))
+    with pytest.raises(RunFolderError, match=match):
+        Run.open(copy).embed(arrays["x_test"][:1])
+    with pytest.raises(RunFolderError, match=match):
+        siamese_k3.train(out=str(copy), data_dir=str(root / "data"), **TINY)
+
+
+def test_a_file_the_cli_cannot_write_is_named_without_temporary_names_or_exception_classes(trained, tmp_path, capsys):
+    """Issue 31 #4: `embed --output MISSING/x.npy` printed FileNotFoundError and the .x.partial-PID.npy name."""
+    from siamese_k3 import cli
+
+    root, _, arrays = trained
+    Image.fromarray(arrays["x_test"][0]).save(tmp_path / "a.png")
+    output = tmp_path / "missing" / "x.npy"
+    capsys.readouterr()
+    assert cli.main(["embed", str(root / "run"), "--images", str(tmp_path / "a.png"), "--output", str(output)]) == 1
+    error = capsys.readouterr().err
+    assert error == f"siamese-k3: error: {output}: No such file or directory\n"

@@ -69,3 +69,31 @@ def test_the_lock_of_a_killed_process_is_released(tmp_path):
     child.wait()
     with RunLock(tmp_path):
         pass
+
+
+def test_atomic_path_names_the_target_not_its_temporary_file(tmp_path):
+    """Issue 31 #4: a failed write named .x.partial-PID.npy, a file the user never asked for."""
+    target = tmp_path / "missing" / "x.npy"
+    with pytest.raises(FileNotFoundError) as caught:
+        with atomic_path(target) as temporary, open(temporary, "wb"):
+            pass
+    assert caught.value.filename == str(target) and ".partial-" not in str(caught.value)
+
+
+def test_run_lock_on_a_name_too_long_removes_the_folders_it_made(tmp_path):
+    from siamese_k3.errors import RunFolderError
+
+    folder = tmp_path / "a" / "b" / ("x" * 300)
+    with pytest.raises(RunFolderError, match=r"cannot use .* as a run folder \(File name too long\)\.$"):
+        RunLock(folder).__enter__()
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+def test_run_lock_on_a_file_is_one_line_offering_the_given_way_out(tmp_path):
+    """Issue 31 #4: `--out FILE` printed `FileExistsError: [Errno 17] ...`."""
+    from siamese_k3.errors import RunFolderError
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(RunFolderError) as caught:
+        RunLock(tmp_path / "file", ", or choose another --out").__enter__()
+    assert str(caught.value) == f"cannot use {tmp_path / 'file'} as a run folder (File exists), or choose another --out."

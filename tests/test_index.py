@@ -249,3 +249,60 @@ def test_no_keras_backend_is_involved():
     imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
     assert not imported & {"keras", "tensorflow", "torch", "jax"}
+
+
+def _index_of(count, label, seed=0):
+    index = SimilarityIndex(engine="numpy")
+    vectors = np.random.default_rng(seed).normal(size=(count, 4)).astype(np.float32)
+    index.add(vectors, labels=[label] * count, ids=[f"{label}-{row}" for row in range(count)])
+    return index
+
+
+@pytest.mark.parametrize("stage", ["items", "metadata", "swap"])
+def test_a_save_cut_short_leaves_the_old_index_whole(stage, tmp_path, monkeypatch):
+    """Issue 31 #2a: the files were replaced one by one, so a kill between them left new vectors with old ids."""
+    from siamese_k3 import files
+
+    folder = tmp_path / "index"
+    _index_of(5, "old").save(folder)
+
+    def fail(*args, **kwargs):
+        raise KeyboardInterrupt  # as a kill: nothing after this point runs
+
+    if stage == "swap":
+        monkeypatch.setattr(files, "exchange_paths", fail)
+    else:
+        real = index_module.write_json
+        monkeypatch.setattr(
+            index_module, "write_json",
+            lambda path, value: fail() if path.endswith(f"{'index' if stage == 'metadata' else 'items'}.json") else real(path, value),
+        )
+    with pytest.raises(KeyboardInterrupt):
+        _index_of(7, "new", seed=1).save(folder)
+    loaded = SimilarityIndex.load(folder)
+    assert len(loaded) == 5 and loaded.ids == [f"old-{row}" for row in range(5)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no partial folder left
+
+
+def test_save_replaces_the_folder_as_one_unit_and_refuses_a_folder_of_other_files(tmp_path):
+    folder = tmp_path / "index"
+    _index_of(5, "old").save(folder)
+    _index_of(7, "new", seed=1).save(folder)
+    loaded = SimilarityIndex.load(folder)
+    assert len(loaded) == 7 and loaded.ids[0] == "new-0"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SiameseK3Error, match=r"holds other files than an index \(index, notes.txt\)"):
+        _index_of(3, "x").save(tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize("field", ["labels", "ids"])
+def test_items_that_do_not_match_the_vectors_are_refused_at_load(field, tmp_path):
+    """Issue 31 #2d: a shorter items.json was an IndexError at search time."""
+    _index_of(5, "a").save(tmp_path / "index")
+    items = json.loads((tmp_path / "index" / "items.json").read_text())
+    items[field] = items[field][:2]
+    (tmp_path / "index" / "items.json").write_text(json.dumps(items))
+    with pytest.raises(SiameseK3Error, match=rf"items.json holds 2 {field} for 5 vectors: the index is not whole"):
+        SimilarityIndex.load(tmp_path / "index")

@@ -18,7 +18,8 @@ def test_a_damaged_json_file_is_named_with_what_to_do(tmp_path):
     with pytest.raises(RunFolderError) as caught:
         RunFolder(tmp_path).config()
     message = str(caught.value)
-    assert f"{tmp_path / 'config.json'} is damaged (JSONDecodeError" in message and "--overwrite" in message
+    assert f"{tmp_path / 'config.json'} is damaged (Expecting value" in message and "--overwrite" in message
+    assert "JSONDecodeError" not in message  # issue 31 #4: no exception class names in messages
     assert "\n" not in message
 
 
@@ -27,17 +28,55 @@ def test_a_folder_without_config_is_not_a_run(tmp_path):
         RunFolder(tmp_path).config()
 
 
-def test_prepare_refuses_a_finished_run_and_overwrite_removes_it_only_when_asked(tmp_path):
+def test_prepare_refuses_a_finished_run_and_overwrite_replaces_it_only_once_the_new_run_holds_a_checkpoint(tmp_path):
+    """Issue 31 #1: overwrite used to remove the finished run first; it now prepares a scratch sibling."""
     folder = RunFolder(tmp_path / "run")
     os.makedirs(folder.path)
     for name in ("config.json", "metrics.json"):
         (tmp_path / "run" / name).write_text("{}")
     (tmp_path / "run" / "status.json").write_text(json.dumps({"state": "finished"}))
     with pytest.raises(RunFolderError, match="holds a finished run: pass --overwrite"):
-        folder.prepare(TrainConfig(), overwrite=False)
+        with folder.prepare(TrainConfig(), overwrite=False):
+            pass
     assert (tmp_path / "run" / "metrics.json").exists()
-    assert folder.prepare(TrainConfig(), overwrite=True) is None
-    assert not (tmp_path / "run" / "metrics.json").exists()
+    with folder.prepare(TrainConfig(), overwrite=True) as (work, metadata):
+        assert metadata is None and work.path == str(tmp_path / ".run.overwrite")
+        assert (tmp_path / "run" / "metrics.json").exists()  # untouched until the new run replaces it
+        (tmp_path / ".run.overwrite" / "config.json").write_text('{"new": 1}')
+        folder.replace_with(work)
+        assert work.path == folder.path
+    assert json.loads((tmp_path / "run" / "config.json").read_text()) == {"new": 1}
+    assert sorted(os.listdir(tmp_path)) == ["run"] and not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_bad_input_in_an_overwrite_removes_its_scratch_and_keeps_the_old_run(tmp_path):
+    folder = RunFolder(tmp_path / "run")
+    os.makedirs(folder.path)
+    (tmp_path / "run" / "metrics.json").write_text("{}")
+    with pytest.raises(ValueError, match="late check"):
+        with folder.prepare(TrainConfig(), overwrite=True):
+            raise ValueError("a late check")
+    assert sorted(os.listdir(tmp_path)) == ["run"] and (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_a_replacement_cut_short_is_completed_by_the_next_lock(exchange, tmp_path, monkeypatch):
+    """Without an atomic exchange, a kill between the two renames leaves RUN missing: the next lock finishes it."""
+    from siamese_k3 import run_folder
+
+    folder = RunFolder(tmp_path / "run")
+    (tmp_path / ".run.replaced").mkdir()
+    (tmp_path / ".run.replaced" / "metrics.json").write_text("old")
+    (tmp_path / ".run.overwrite").mkdir()
+    (tmp_path / ".run.overwrite" / "status.json").write_text('{"state": "unfinished"}')
+    if exchange:  # the exchanged state: the new run in place, the old in the scratch sibling
+        os.rename(tmp_path / ".run.overwrite", tmp_path / "run")
+        os.rename(tmp_path / ".run.replaced", tmp_path / ".run.overwrite")
+    with folder.lock():
+        assert folder.state() == "unfinished"
+        with folder.prepare(TrainConfig(), overwrite=False) as (work, metadata):
+            assert work is folder and metadata is None
+    assert sorted(os.listdir(tmp_path)) == ["run"]
 
 
 def test_an_unfinished_run_with_its_metrics_written_resumes_instead_of_reading_as_finished(tmp_path):
@@ -47,7 +86,20 @@ def test_an_unfinished_run_with_its_metrics_written_resumes_instead_of_reading_a
     (tmp_path / "config.json").write_text(json.dumps(config.to_dict()))
     (tmp_path / "metrics.json").write_text("{}")
     (tmp_path / "status.json").write_text(json.dumps({"state": "unfinished"}))
-    assert folder.prepare(config, overwrite=False) is None  # no checkpoint here: starts again, does not refuse
+    with folder.prepare(config, overwrite=False) as (work, metadata):  # no checkpoint: starts again, no refusal
+        assert work is folder and metadata is None
+
+
+def test_exchange_paths_swaps_two_folders_or_says_it_cannot(tmp_path):
+    from siamese_k3.files import exchange_paths
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x").write_text("a")
+    if exchange_paths(tmp_path / "a", tmp_path / "b"):
+        assert (tmp_path / "b" / "x").read_text() == "a" and not (tmp_path / "a" / "x").exists()
+    else:
+        assert (tmp_path / "a" / "x").read_text() == "a"
 
 
 def tiny_model():

@@ -260,6 +260,10 @@ def test_overwrite_trains_afresh_over_a_damaged_checkpoint(data_dir, interrupted
         (["--backbone", "vgg99"], 1),
         (["--seed", "-1"], 2),
         (["--data-dir", "EMPTY"], 1),
+        # issue 31: checks that come once training starts (the sampler, the backbone, its weights file)
+        (["--batch-size", "44", "--classes-per-batch", "11"], 1),
+        (["--backbone", "resnet50"], 1),
+        (["--backbone", "resnet50", "--weights", "nosuch.h5"], 1),
     ],
 )
 def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, uninterrupted, data_dir, tmp_path, capsys):
@@ -277,6 +281,38 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, un
     assert capsys.readouterr().err.count("\n") == 1
     after = {name: (uninterrupted / name).read_bytes() for name in os.listdir(uninterrupted) if name != ".lock"}
     assert after == before
+    assert sorted(os.listdir(uninterrupted.parent)) == [uninterrupted.name]  # no scratch sibling left behind
+
+
+KILL_POINTS = ["first_epoch", "before_replace", "between_renames", "before_removal"]
+
+
+@pytest.mark.parametrize("point", KILL_POINTS)
+def test_a_kill_9_anywhere_in_an_overwrite_leaves_the_old_run_or_a_resumable_new_one(
+    point, data_dir, uninterrupted, tmp_path
+):
+    """Issue 31 #1: the new run trains beside the old one and replaces it after its first checkpoint; a
+    SIGKILL at any moment leaves the old finished run whole or the new one unfinished, never neither, and
+    the same command then finishes the new run (equal to one trained in one go)."""
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"}
+    argv = ["--data-dir", str(data_dir), *SMALL, "--overwrite"]
+    worker = os.path.join(os.path.dirname(__file__), "overwrite_worker.py")
+    process = subprocess.run(
+        [sys.executable, worker, point, str(out), *argv], env=environment(), capture_output=True, text=True,
+        timeout=300,
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-2000:]
+    if point in ("first_epoch", "before_replace"):  # the old run, untouched
+        assert {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"} == before
+    elif point == "between_renames":  # neither in place: the next command that locks the folder completes it
+        assert not out.exists()
+    else:  # the new run, unfinished, resumable
+        assert read_json(out / "status.json")["state"] == "unfinished" and checkpoint_epoch(out) >= 1
+    assert cli.main(["train", "--out", str(out), *argv]) == 0
+    assert_same_run(out, uninterrupted)
+    assert sorted(os.listdir(tmp_path)) == ["run"]  # no scratch or replaced sibling left
 
 
 # --------------------------------------------------------------------------
@@ -306,3 +342,50 @@ def test_a_signal_in_training_stops_within_seconds_unfinished_and_the_same_comma
     assert "The process may be terminated" not in error  # issue 31: TensorFlow's data iterator is released in time
     assert read_json(out / "status.json")["state"] == "unfinished"
     assert checkpoint_epoch(out) >= 1 and not (out / "metrics.json").exists()
+
+
+# --------------------------------------------------------------------------
+# messages (issue 31 #4)
+# --------------------------------------------------------------------------
+
+
+def diverge_in_the_first_epoch(monkeypatch):
+    from siamese_k3.errors import NonFiniteLossError
+
+    class Diverge(training.StopOnNonFiniteLoss):
+        def on_epoch_end(self, epoch, logs=None):
+            raise NonFiniteLossError("loss became nan at epoch 1, step 3.")
+
+    monkeypatch.setattr(training, "StopOnNonFiniteLoss", Diverge)
+
+
+def test_a_diverged_run_says_failed_not_unfinished(data_dir, tmp_path, capsys, monkeypatch):
+    diverge_in_the_first_epoch(monkeypatch)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "1", *COMMON]) == 1
+    error = capsys.readouterr().err
+    assert read_json(out / "status.json")["state"] == "failed"
+    assert f"The run in {out} is marked failed." in error and "unfinished" not in error
+
+
+def test_an_overwrite_that_diverges_in_its_first_epoch_keeps_the_old_run(data_dir, uninterrupted, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    shutil.copytree(uninterrupted, out)
+    before = {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"}
+    diverge_in_the_first_epoch(monkeypatch)
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL, "--overwrite"]) == 1
+    error = capsys.readouterr().err
+    assert f"The run it was to replace, in {out}, is kept as it was." in error and error.count("\n") == 1
+    assert {name: (out / name).read_bytes() for name in os.listdir(out) if name != ".lock"} == before
+
+
+def test_an_over_long_out_is_one_line_and_leaves_no_folders(data_dir, tmp_path, capsys):
+    """Issue 31 #4: the run folder's parents were made before the too-long name failed, and left."""
+    out = tmp_path.joinpath(*[f"level{depth}" for depth in range(20)], "x" * 300)
+    capsys.readouterr()
+    assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 1
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and "File name too long" in error and "OSError" not in error
+    assert not (tmp_path / "level0").exists()
