@@ -19,8 +19,10 @@ TINY = dict(epochs=1, steps_per_epoch=3, batch_size=32, classes_per_batch=4, emb
 
 @pytest.fixture(scope="module")
 def trained(finished_run, tmp_path_factory):
-    """A copy of the session's finished run (conftest.py), opened as a `Run`: the tests here index and calibrate it."""
+    """A copy of the session's finished run (conftest.py) and its data, opened as a `Run`: the tests here index and
+    calibrate it."""
     root = tmp_path_factory.mktemp("api")
+    shutil.copytree(finished_run.root / "data", root / "data")
     shutil.copytree(finished_run.out, root / "run", ignore=shutil.ignore_patterns(".lock"))
     return root, Run.open(root / "run"), finished_run.arrays
 
@@ -29,7 +31,6 @@ def test_train_builds_the_recipes_config_with_the_fields_over_it_and_returns_the
     """`siamese_k3.train(**fields)` hands training the recipe's `TrainConfig` with the fields over it, and returns
     the folder it trained as a `Run` (training itself: the session's run and tests/test_training.py)."""
     root, _, _ = trained
-    (root / "data").mkdir(exist_ok=True)
     handed = {}
 
     def train_run(config, out=None, **options):
