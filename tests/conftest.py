@@ -49,45 +49,82 @@ class FinishedRun(NamedTuple):
     printed: str
 
 
+def made_once(tmp_path_factory, name, make):
+    """A folder `make(folder)` filled, once per pytest call; the folder.
+
+    Under pytest-xdist the workers share it: the first to ask makes it, under a
+    lock, in the folder above the workers' own temporary folders, and the others
+    wait for it and reuse it.
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        folder = tmp_path_factory.mktemp(name)
+        make(folder)
+        return folder
+    import fcntl
+
+    shared = tmp_path_factory.getbasetemp().parent
+    folder, made = shared / name, shared / f"{name}.made"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not made.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed to make it left
+            folder.mkdir()
+            make(folder)
+            made.write_text("")
+    return folder
+
+
+def _cli_train(*argv):
+    """`siamese-k3 train ARGV` in this process; what it printed (the run must finish)."""
+    from siamese_k3 import cli
+
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["train", *map(str, argv)])
+    assert code == 0, printed.getvalue()
+    return printed.getvalue()
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
     """One finished 2-epoch run (`siamese-k3 train`, default recipe, toy 10-class data), made once per pytest call.
 
     Shared by every test that only reads a finished run (tests/README.md): a
-    test that writes into a run takes `finished_run_copy` instead. Under
-    pytest-xdist the workers share it: the first to need it trains it, under a
-    lock, in the folder above the workers' own temporary folders.
+    test that writes into a run takes `finished_run_copy` instead.
     """
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return _train_finished_run(tmp_path_factory.mktemp("finished"))
-    import fcntl
-    import json
+    from toy import TINY, clustered_arrays, write_clustered_idx
 
-    root = tmp_path_factory.getbasetemp().parent / "finished"
-    root.mkdir(exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        made = root / "made.json"
-        if made.is_file():
-            from toy import clustered_arrays
+    def make(root):
+        write_clustered_idx(root / "data")
+        printed = _cli_train("--data-dir", root / "data", "--out", root / "run", "--seed", "3", *TINY)
+        (root / "printed.txt").write_text(printed)
 
-            return FinishedRun(root, root / "run", clustered_arrays(), json.loads(made.read_text())["printed"])
-        run = _train_finished_run(root)
-        made.write_text(json.dumps({"printed": run.printed}))
-        return run
+    root = made_once(tmp_path_factory, "finished", make)
+    return FinishedRun(root, root / "run", clustered_arrays(), (root / "printed.txt").read_text())
 
 
-def _train_finished_run(root):
-    from siamese_k3 import cli
-    from toy import TINY, write_clustered_idx
+class ResumeReference(NamedTuple):
+    """The data every resume and overwrite test trains on, and the run trained on it in one go."""
 
-    arrays = write_clustered_idx(root / "data")
-    out = root / "run"
-    printed = io.StringIO()
-    with contextlib.redirect_stdout(printed):
-        code = cli.main(["train", "--data-dir", str(root / "data"), "--out", str(out), "--seed", "3", *TINY])
-    assert code == 0, printed.getvalue()
-    return FinishedRun(root, out, arrays, printed.getvalue())
+    data_dir: Path
+    run: Path
+
+
+@pytest.fixture(scope="session")
+def resume_reference(tmp_path_factory):
+    """`toy.SMALL` (3 epochs of 3 steps) trained in one go on 80 toy images: what every resumed run must equal.
+
+    Only read: a test that trains over it copies it first.
+    """
+    from toy import SMALL, write_clustered_idx
+
+    def make(root):
+        write_clustered_idx(root / "data", train=80, test=40)
+        (root / "reference").mkdir()
+        _cli_train("--data-dir", root / "data", "--out", root / "reference" / "run", *SMALL)
+
+    root = made_once(tmp_path_factory, "resume", make)
+    return ResumeReference(root / "data", root / "reference" / "run")
 
 
 @pytest.fixture

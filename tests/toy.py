@@ -9,6 +9,10 @@ from siamese_k3.data.datasets import IDX_FILES
 
 # The short CLI training most tests use: 2 epochs of 6 steps on 8-d embeddings.
 TINY = ["--epochs", "2", "--steps-per-epoch", "6", "--batch-size", "32", "--classes-per-batch", "4", "--embedding-dim", "8", "--quiet"]
+# What the resume and overwrite tests train (tests/test_training*.py): 3 epochs of 3 steps, 40 validation images.
+COMMON = ["--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--embedding-dim", "8",
+          "--validation-size", "40", "--quiet"]
+SMALL = ["--epochs", "3", *COMMON]
 
 
 def write_clustered_idx(directory, train=240, test=120, seed=0):
