@@ -48,6 +48,8 @@ UNIT = "not portability and not distributed and not bench_smoke"
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
 # --dist loadfile: a module's tests share one worker, so its module-scoped runs are made once.
 PARALLEL = ("-n", WORKERS, "--dist", "loadfile")
+# --dist load: test by test, for suites without costly module-scoped fixtures (one file is most of them).
+PARALLEL_TESTS = ("-n", WORKERS, "--dist", "load")
 # What the fast path's keras range is checked with: the conformance suite, the internals
 # and canaries, the backend modules' own tests and the models'.
 FAST_PATH_SUITE = (
@@ -102,7 +104,31 @@ def install_isolated(session, backend, constraints):
 
 def pytest(session, backend, *arguments):
     # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
-    session.run("python", "-m", "pytest", *DURATIONS, *arguments, env={"KERAS_BACKEND": backend})
+    env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location)}
+    _CALLS[session.name] = _CALLS.get(session.name, 0) + 1  # every test's time, for a closer look than DURATIONS
+    report = os.path.join(session.virtualenv.location, f"pytest-{_CALLS[session.name]}.xml")
+    session.run("python", "-m", "pytest", *DURATIONS, f"--junitxml={report}", *arguments, env=env)
+
+
+_CALLS = {}
+
+
+def compilation_cache(venv):
+    """Environment for the compilers' own persistent caches, in the session's venv (so per keras version).
+
+    Tests build the same tiny models again and again, in-process and in the processes they start, and
+    each `fit` compiles its step anew. JAX's persistent compilation cache and XLA's device compilation
+    cache (TensorFlow's `jit_compile=True`) key an executable on the program itself, so an identical
+    program is compiled once and every later `fit` runs the same executable: what runs is unchanged,
+    only the compiling is not repeated.
+    """
+    folder = os.path.join(venv, "compilation-cache")
+    return {
+        "JAX_COMPILATION_CACHE_DIR": os.path.join(folder, "jax"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+        "TF_XLA_FLAGS": f"--tf_xla_persistent_cache_directory={os.path.join(folder, 'xla')}",
+    }
 
 
 def keras_version(session, backend):
@@ -156,7 +182,7 @@ def tests(session, backend):
     pytest(session, backend, "-m", f"({UNIT}) and not timed", *PARALLEL)
     pytest(session, backend, "-m", f"({UNIT}) and timed", "-p", "no:xdist")
     pytest(session, backend, "-m", "distributed")
-    pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL)
+    pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL_TESTS)
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
         session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")
@@ -164,7 +190,7 @@ def tests(session, backend):
         session.log(f"keras newest: {newest or 'unknown (no index)'} instead of the pinned {pin}")
         session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
         keras_version(session, backend)
-        pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL)
+        pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL_TESTS)
         session.install(*CONSTRAINTS, "-e", f".[{backend}]")  # back to the pins, for the portability session
 
 
@@ -175,7 +201,7 @@ def keras_floor(session, backend):
     """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
     session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
     keras_version(session, backend)
-    pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL))
+    pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL_TESTS))
 
 
 @nox.session(venv_backend="none")
@@ -193,7 +219,8 @@ def portability(session):
         session.error(f"no tests virtualenv for {', '.join(missing)}: run `nox -s tests --install-only` first.")
     env = {f"SIAMESE_K3_PYTHON_{backend.upper()}": str(python.resolve()) for backend, python in pythons.items()}
     session.run(str(pythons["torch"]), "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
-                env={"KERAS_BACKEND": "torch", **env}, external=True)
+                env={"KERAS_BACKEND": "torch", **env, **compilation_cache(os.path.join(".nox", "portability"))},
+                external=True)
 
 
 @nox.session
