@@ -12,7 +12,8 @@
 
 1. the unit tests (`pytest -m "not portability and not distributed and not bench_smoke"`): those
    marked ``timed`` (wall-clock bounds, races of real processes) one at a time after the rest,
-   which run on `WORKERS` pytest-xdist workers (one per core);
+   which run on `WORKERS` pytest-xdist workers (one per core); those marked ``backend_independent``
+   (numpy, files, argument checks) in the torch session only;
 2. the distributed runs (``-m distributed``): 2-process data-parallel training launched as users
    launch it (torchrun, jax.distributed, TF_CONFIG), on CPU;
 3. the benchmark smoke (``-m bench_smoke``): every benchmark entry point on tiny sizes, each native
@@ -43,6 +44,8 @@ nox.options.reuse_existing_virtualenvs = True
 BACKENDS = ("jax", "tensorflow", "torch")
 CONSTRAINTS = ("-c", "constraints.txt")
 UNIT = "not portability and not distributed and not bench_smoke"
+# Tests whose property does not depend on the backend (numpy, files, argument checks) run in one session.
+ONE_BACKEND = "torch"
 # Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
 # on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
@@ -176,11 +179,12 @@ def tests(session, backend):
     arguments (`nox -s "tests(backend='jax')" -- ARGS`), only the unit pytest call runs, with ARGS.
     """
     install_isolated(session, backend, CONSTRAINTS)
+    unit = UNIT if backend == ONE_BACKEND else f"{UNIT} and not backend_independent"
     if session.posargs:
-        pytest(session, backend, "-m", UNIT, *session.posargs)
+        pytest(session, backend, "-m", unit, *session.posargs)
         return
-    pytest(session, backend, "-m", f"({UNIT}) and not timed", *PARALLEL)
-    pytest(session, backend, "-m", f"({UNIT}) and timed", "-p", "no:xdist")
+    pytest(session, backend, "-m", f"({unit}) and not timed", *PARALLEL)
+    pytest(session, backend, "-m", f"({unit}) and timed", "-p", "no:xdist")
     pytest(session, backend, "-m", "distributed")
     pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL_TESTS)
     newest, pin = newest_keras(), pinned("keras")

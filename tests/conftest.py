@@ -24,6 +24,11 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "conformance: the fast path against keras' own path (also nox -s keras_floor, and the newest keras in nox -s tests)")
     config.addinivalue_line(
         "markers",
+        "backend_independent: what it checks does not depend on the Keras backend (numpy, files, argument "
+        "checks, messages): nox runs it in the torch session only (tests/README.md)",
+    )
+    config.addinivalue_line(
+        "markers",
         "timed: asserts a wall-clock bound or races real processes (signals, locks, kills); nox runs these "
         "after the parallel ones, one at a time, so their margins hold on a busy 2-core machine",
     )

@@ -17,6 +17,8 @@ from siamese_k3.calibration import Calibration
 from siamese_k3.errors import RunFolderError, SiameseK3Error
 from siamese_k3.index import SimilarityIndex
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 
 @pytest.fixture(scope="module")
 def finished(finished_run, tmp_path_factory):

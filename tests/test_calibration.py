@@ -16,6 +16,8 @@ from siamese_k3.calibration import (
 )
 from siamese_k3.errors import SiameseK3Error
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 
 def scored_pairs(seed, count, rounding=None):
     """Distances of same pairs ~ N(1, 0.4), of different pairs ~ N(2, 0.5); 30% same."""

@@ -393,6 +393,7 @@ def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_
 
 
 @pytest.mark.timed
+@pytest.mark.backend_independent
 def test_second_train_on_a_folder_in_use_fails_at_once_naming_the_other_process(tmp_path, capsys):
     """Two `siamese-k3 train --out cc`: the second fails naming the first; once the first is killed, it runs."""
     write_clustered_idx(tmp_path / "data", train=80, test=40)

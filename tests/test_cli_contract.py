@@ -119,6 +119,7 @@ def big_image(root):
     return path
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("case", range(len(ERRORS)))
 def test_every_user_error_is_one_line_with_its_exit_code(case, finished, capsys):
     root, out, image = finished
@@ -137,6 +138,7 @@ def test_every_user_error_is_one_line_with_its_exit_code(case, finished, capsys)
     assert fragment in error and "Traceback" not in error
 
 
+@pytest.mark.backend_independent
 def test_index_search_and_calibrate_from_the_command_line(finished, tmp_path, capsys):
     """Issue 26: neighbours with ids, labels and distances; a contact sheet; a calibrated verdict."""
     _, out, image = finished
@@ -156,6 +158,7 @@ def test_index_search_and_calibrate_from_the_command_line(finished, tmp_path, ca
     assert "verdict: same" in capsys.readouterr().out
 
 
+@pytest.mark.backend_independent
 def test_an_unknown_keras_backend_is_one_line_listing_the_valid_names_even_for_help():
     code, _, error = run_cli("evaluate", "somewhere", env={"KERAS_BACKEND": "nonsense"})
     assert code == 2 and error.count("\n") == 1
@@ -164,6 +167,7 @@ def test_an_unknown_keras_backend_is_one_line_listing_the_valid_names_even_for_h
     assert code == 0 and "train" in output and error == ""
 
 
+@pytest.mark.backend_independent
 def test_help_and_argument_errors_come_before_keras_is_imported():
     """`python -X importtime` lists every module imported: neither keras nor a framework may be among them."""
     for args in (["--help"], ["train", "--help"], ["train", "--epochs", "0"]):
@@ -238,6 +242,7 @@ def test_a_collapsed_embedding_is_flagged_and_strict_fails(tmp_path, capsys):
         assert json.load(handle)["state"] == "finished"
 
 
+@pytest.mark.backend_independent
 def test_search_mixes_files_and_rows_and_caps_the_contact_sheet(finished, tmp_path, capsys):
     """Issue 31: queries may mix image files and NAME:split:ROW rows; a sheet shows at most 10 neighbours a query;
     --no-sheet writes none."""
@@ -261,6 +266,7 @@ def test_search_mixes_files_and_rows_and_caps_the_contact_sheet(finished, tmp_pa
     assert default.is_file()
 
 
+@pytest.mark.backend_independent
 def test_index_of_a_folder_recurses_into_subfolders_and_names_what_it_skipped(finished, tmp_path, capsys):
     """Issue 31: --images DIR indexes the images in its subfolders too (their ids: DIR/sub/name) and names the
     files it skipped."""
@@ -287,6 +293,7 @@ def test_index_of_a_folder_recurses_into_subfolders_and_names_what_it_skipped(fi
     assert Run.open(run).index().ids == [str(path) for path in expected]
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("terminal", [True, False])
 def test_an_interrupt_starts_its_line_afresh_on_a_terminal(terminal, monkeypatch, capsys):
     """Issue 31: a progress bar leaves the cursor mid-line on a terminal; the interrupt's message starts a new one."""
@@ -303,6 +310,7 @@ def test_an_interrupt_starts_its_line_afresh_on_a_terminal(terminal, monkeypatch
     assert capsys.readouterr().err == ("\n" + expected if terminal else expected)
 
 
+@pytest.mark.backend_independent
 @pytest.mark.parametrize("message, expected", [
     ("classes_per_batch=11 exceeds the 10 classes.", "--classes-per-batch 11 exceeds the 10 classes."),
     ("or pass skip_unpaired=True to skip them.", "or pass --skip-unpaired to skip them."),
@@ -316,5 +324,6 @@ def test_the_cli_spells_parameter_settings_as_its_flags(message, expected):
     assert cli.as_flags(message) == expected
 
 
+@pytest.mark.backend_independent
 def test_a_path_holding_name_value_is_left_alone():
     assert cli.as_flags("image /data/k=3/x.png: k=3 is too many") == "image /data/k=3/x.png: -k 3 is too many"

@@ -8,6 +8,8 @@ from siamese_k3 import recipes
 from siamese_k3.config import TrainConfig, option
 from siamese_k3.errors import SiameseK3Error
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 
 def test_unset_fields_take_the_recipes_values_and_given_ones_win():
     config = TrainConfig.from_recipe("strong", epochs=2, margin=0.3)

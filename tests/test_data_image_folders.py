@@ -12,6 +12,8 @@ from siamese_k3.data import PairedImageFolders, load_image
 from siamese_k3.data.image_folders import find_pairs
 from siamese_k3.errors import SiameseK3Error
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 SHAPE = (16, 20)
 
 

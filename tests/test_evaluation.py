@@ -18,6 +18,8 @@ from siamese_k3.evaluation import (
 
 from references import reference_distance
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
 
 

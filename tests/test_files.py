@@ -12,6 +12,8 @@ import pytest
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.files import RunLock, atomic_path, write_json
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 HOLD_LOCK = (
     "import sys, time\n"
     "from siamese_k3.files import RunLock\n"

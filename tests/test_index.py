@@ -17,6 +17,8 @@ from siamese_k3.index import SimilarityIndex, exact_search, faiss_available, ite
 
 from references import reference_distance
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 DISTANCES = ["euclidean", "squared_euclidean", "cosine"]
 ENGINES = ["numpy", pytest.param("faiss", marks=pytest.mark.skipif(not faiss_available(), reason="faiss not installed"))]
 needs_faiss = pytest.mark.skipif(not faiss_available(), reason="faiss not installed")

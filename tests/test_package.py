@@ -5,6 +5,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "siamese_k3"
 
 # Each module may import only modules of a strictly lower layer (and backend/, data/ as noted).

@@ -9,6 +9,8 @@ from PIL import Image
 from siamese_k3 import plots
 from siamese_k3.errors import SiameseK3Error
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -5,6 +5,8 @@ import pytest
 
 from siamese_k3.run_evaluation import collapse_metrics, table
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 
 @pytest.fixture
 def images(rng):

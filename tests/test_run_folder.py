@@ -62,8 +62,6 @@ def test_bad_input_in_an_overwrite_removes_its_scratch_and_keeps_the_old_run(tmp
 @pytest.mark.parametrize("exchange", [True, False])
 def test_a_replacement_cut_short_is_completed_by_the_next_lock(exchange, tmp_path, monkeypatch):
     """Without an atomic exchange, a kill between the two renames leaves RUN missing: the next lock finishes it."""
-    from siamese_k3 import run_folder
-
     folder = RunFolder(tmp_path / "run")
     (tmp_path / ".run.replaced").mkdir()
     (tmp_path / ".run.replaced" / "metrics.json").write_text("old")

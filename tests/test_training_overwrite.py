@@ -18,6 +18,8 @@ from siamese_k3.errors import NonFiniteLossError
 
 from test_training import COMMON, SMALL, assert_same_run, checkpoint_epoch, environment, interrupt_after, read_json
 
+pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
+
 
 @pytest.fixture(scope="module")
 def data_dir(resume_reference):
