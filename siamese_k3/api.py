@@ -237,7 +237,7 @@ class Run:
             return self._build_index(images, labels, ids, dataset, method, engine, params, batch_size, verbose)
 
     def _build_index(self, images, labels, ids, dataset, method, engine, params, batch_size, verbose):
-        model = self.embedding_model()
+        self.embedding_model()  # an unusable run is refused before the gallery is read
         if dataset is not None:
             images, labels, ids = _dataset_gallery(dataset, self.config)
         elif images is None:
