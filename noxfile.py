@@ -49,8 +49,9 @@ ONE_BACKEND = "torch"
 # Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
 # on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
-# --dist loadfile: a module's tests share one worker, so its module-scoped runs are made once.
-PARALLEL = ("-n", WORKERS, "--dist", "loadfile")
+# --dist loadgroup: a module's tests share one worker (its module-scoped runs are made once), but for
+# the modules of many independent tests that conftest.py's SPREAD names, which go test by test.
+PARALLEL = ("-n", WORKERS, "--dist", "loadgroup")
 # --dist load: test by test, for suites without costly module-scoped fixtures (one file is most of them).
 PARALLEL_TESTS = ("-n", WORKERS, "--dist", "load")
 # What the fast path's keras range is checked with: the conformance suite, the internals

@@ -34,6 +34,24 @@ def pytest_configure(config):
     )
 
 
+# Under pytest-xdist's --dist loadgroup (nox), a module's tests stay together on one worker, so its
+# module-scoped runs are made once and its tests may share what they write, except in these modules:
+# many independent tests, spread one by one so that neither worker waits for one long module at the end.
+SPREAD = {
+    "test_conformance", "test_losses", "test_backend_tensorflow_arrays", "test_backend_fast_path",
+    "test_keras_internals", "test_training_mining", "test_precision", "test_metrics", "test_callbacks",
+    "test_backend_torch_steps", "test_backend_torch_forward", "test_backend_torch_kernels", "test_distances",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__ if item.module is not None else ""
+        if module not in SPREAD:
+            item.add_marker(pytest.mark.xdist_group(module))
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     keras.utils.set_random_seed(1234)
