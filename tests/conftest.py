@@ -150,6 +150,18 @@ def resume_reference(tmp_path_factory):
     return ResumeReference(root / "data", root / "reference" / "run")
 
 
+@pytest.fixture(scope="session")
+def data_dir(resume_reference):
+    """The resume tests' 80 toy images (`resume_reference`); a module may define its own."""
+    return resume_reference.data_dir
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(resume_reference):
+    """The SMALL run trained in one go: what every resumed run and every --overwrite must give (only read)."""
+    return resume_reference.run
+
+
 @pytest.fixture
 def finished_run_copy(finished_run, tmp_path):
     """A copy of the session's finished run, this test's to write into (same data root)."""

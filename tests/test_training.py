@@ -28,18 +28,6 @@ BACKEND = keras.backend.backend()
 TOLERANCE = dict(rtol=0, atol=0)
 
 
-@pytest.fixture(scope="module")
-def data_dir(resume_reference):
-    """80 toy images (conftest.py's `resume_reference`)."""
-    return resume_reference.data_dir
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(resume_reference):
-    """The SMALL run trained in one go (made once per pytest call): the reference every resumed run must equal."""
-    return resume_reference.run
-
-
 def read_json(path):
     with open(path) as handle:
         return json.load(handle)

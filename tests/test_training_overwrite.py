@@ -21,18 +21,6 @@ from test_training import COMMON, SMALL, assert_same_run, checkpoint_epoch, envi
 pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
 
 
-@pytest.fixture(scope="module")
-def data_dir(resume_reference):
-    """80 toy images (conftest.py's `resume_reference`, shared with tests/test_training.py)."""
-    return resume_reference.data_dir
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(resume_reference):
-    """The SMALL run trained in one go: what an --overwrite must give, and the finished run it must not lose."""
-    return resume_reference.run
-
-
 # --------------------------------------------------------------------------
 # a damaged checkpoint is refused, in one line
 # --------------------------------------------------------------------------
