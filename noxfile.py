@@ -4,7 +4,7 @@
     nox -s "tests(backend='jax')"         # one backend: unit tests, distributed runs, benchmark smoke, keras range
     nox -s "tests(backend='jax')" -- tests/test_losses.py -x   # with arguments: only that pytest call
     nox -s keras_floor                    # the fast path's suite on the oldest keras pyproject allows
-    nox -s portability                    # models saved on each backend load on the other two (needs the 3 venvs)
+    nox -s portability                    # models saved on each backend load on the other two
     nox -s docs                           # the API reference (mkdocs --strict) into site/, no keras needed
     nox -s bench                          # benchmarks, not run by default
 
@@ -209,23 +209,13 @@ def keras_floor(session, backend):
     pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL_TESTS))
 
 
-@nox.session(venv_backend="none")
+@nox.session
 @timed
 def portability(session):
-    """Models saved on each backend load on the other two with the same embeddings.
-
-    Each backend runs in its own `tests` virtualenv (keras plus only that backend), so a model saved
-    where only TensorFlow is installed is loaded where only JAX is: run the `tests` sessions first
-    (`nox -s tests --install-only` is enough).
-    """
-    pythons = {backend: Path(".nox") / f"tests-backend-{backend}" / "bin" / "python" for backend in BACKENDS}
-    missing = [backend for backend, python in pythons.items() if not python.is_file()]
-    if missing:
-        session.error(f"no tests virtualenv for {', '.join(missing)}: run `nox -s tests --install-only` first.")
-    env = {f"SIAMESE_K3_PYTHON_{backend.upper()}": str(python.resolve()) for backend, python in pythons.items()}
-    session.run(str(pythons["torch"]), "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
-                env={"KERAS_BACKEND": "torch", **env, **compilation_cache(os.path.join(".nox", "portability"))},
-                external=True)
+    """Models saved on each backend load on the other two with the same embeddings (all three installed)."""
+    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,test,export]")
+    session.run("pytest", *DURATIONS, "-m", "portability", *session.posargs,
+                env=compilation_cache(session.virtualenv.location))
 
 
 @nox.session

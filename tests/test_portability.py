@@ -7,10 +7,8 @@ train 2 steps and save model.keras and embedding.keras, then one per backend
 to load every saved file and embed the same fixed inputs.
 
 Each backend's worker runs in the Python that ``SIAMESE_K3_PYTHON_<BACKEND>``
-names (``nox -s portability`` points them at the three ``tests`` virtualenvs, each
-with keras and only that backend installed, so a file saved where only
-TensorFlow is installed is loaded where only JAX is), else in this Python when
-it has that backend. A pair with a backend in neither is skipped.
+names, else in this Python when it has that backend (``nox -s portability``
+installs all three). A pair with a backend in neither is skipped.
 """
 
 import importlib.util
