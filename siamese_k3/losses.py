@@ -121,34 +121,36 @@ def _masked_mean(values, mask):
     return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
-def _search_steps(length):
-    """Bisection steps that locate a position among `length` sorted entries."""
-    if length is None:  # dynamic batch size (a TensorFlow graph): enough for 2**31
-        return 31
-    return max(1, math.ceil(math.log2(length + 1)))
-
-
 def _count_sorted(sorted_rows, queries, strict):
     """Per row b: how many entries of sorted_rows[b] are < (strict) or <= queries[b, j].
 
     A vectorised bisection (numpy's searchsorted, one sorted row per query
     row) in O(B·M·log N) time and O(B·M) memory; exact comparisons, so ties
     are handled exactly. Not differentiable: it returns integer positions.
+    With a static row length N the ⌈log₂(N + 1)⌉ steps are unrolled; with a
+    dynamic one (a TensorFlow graph traced for any batch size, as keras' `fit`
+    traces it) they run in one `while_loop` until every interval is closed,
+    so the graph holds one step, not the 31 that 2³¹ entries would need.
     """
     length = sorted_rows.shape[1]
-    steps = _search_steps(length)
-    length = ops.shape(sorted_rows)[1]
     low = ops.zeros(ops.shape(queries), "int32")
-    high = ops.zeros(ops.shape(queries), "int32") + ops.cast(length, "int32")
-    for _ in range(steps):
+    high = low + ops.cast(ops.shape(sorted_rows)[1], "int32")
+    last = high - 1
+
+    def step(low, high):
         middle = (low + high) // 2
-        probe = ops.take_along_axis(
-            sorted_rows, ops.minimum(middle, ops.cast(length - 1, "int32")), axis=1
-        )
+        probe = ops.take_along_axis(sorted_rows, ops.minimum(middle, last), axis=1)
         below = probe < queries if strict else probe <= queries
         open_ = low < high
         low = ops.where(ops.logical_and(open_, below), middle + 1, low)
         high = ops.where(ops.logical_and(open_, ops.logical_not(below)), middle, high)
+        return low, high
+
+    if length is None:
+        low, _ = ops.while_loop(lambda low, high: ops.any(low < high), step, (low, high))
+        return low
+    for _ in range(max(1, math.ceil(math.log2(length + 1)))):
+        low, high = step(low, high)
     return low
 
 

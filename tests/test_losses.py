@@ -216,6 +216,28 @@ def test_semi_hard_with_tied_distances_matches_brute_force(distance, rng):
         np.testing.assert_allclose(as_float(result), expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="only a TensorFlow graph has a dynamic batch size")
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["graph", "xla"])
+@pytest.mark.parametrize("loss_name", ["batch_all", "semi_hard"])
+def test_a_graph_traced_for_any_batch_size_matches_brute_force(loss_name, jit_compile):
+    """keras' `fit` traces the step with a dynamic batch size: the bisection then runs as a while_loop.
+
+    Ties included (small integer embeddings), and two batch sizes through the one traced graph.
+    """
+    import tensorflow as tf
+
+    function, reference, _ = REFERENCES[loss_name]
+    spec = (tf.TensorSpec([None], tf.int32), tf.TensorSpec([None, None], tf.float32))
+    traced = tf.function(lambda y, x: function(y, x, margin=1.0), input_signature=spec, jit_compile=jit_compile)
+    rng = np.random.default_rng(3)
+    for size in (9, 24):
+        labels = rng.integers(0, 3, size=size).astype("int32")
+        embeddings = rng.integers(-2, 3, size=(size, 4)).astype("float32")
+        expected = reference(labels, embeddings, 1.0, "euclidean", False)
+        np.testing.assert_allclose(float(traced(labels, embeddings)), expected, rtol=1e-5, atol=1e-6)
+    assert len(traced.get_concrete_function().graph.get_operations()) < 400  # one bisection step, not 31
+
+
 def test_semi_hard_picks_the_closest_farther_negative():
     """Hand-computed: anchor 0 at 0, positive at 1, negatives at 0.5, 1.5, 3 (1-D)."""
     embeddings = np.array([[0.0], [1.0], [0.5], [1.5], [3.0]], "float32")
