@@ -4,7 +4,7 @@
     nox -s "tests(backend='jax')"         # one backend: unit tests, distributed runs, benchmark smoke, keras range
     nox -s "tests(backend='jax')" -- tests/test_losses.py -x   # with arguments: only that pytest call
     nox -s keras_floor                    # the fast path's suite on the oldest keras pyproject allows
-    nox -s portability                    # models saved on each backend load on the other two
+    nox -s portability                    # models saved on each backend load on the other two (after `tests`)
     nox -s docs                           # the API reference (mkdocs --strict) into site/, no keras needed
     nox -s bench                          # benchmarks, not run by default
 
@@ -212,10 +212,21 @@ def keras_floor(session, backend):
 @nox.session
 @timed
 def portability(session):
-    """Models saved on each backend load on the other two with the same embeddings (all three installed)."""
-    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,test,export]")
-    session.run("pytest", *DURATIONS, "-m", "portability", *session.posargs,
-                env=compilation_cache(session.virtualenv.location))
+    """Models saved on each backend load on the other two with the same embeddings; all three backends in one venv.
+
+    The save and load workers each run in their backend's `tests` virtualenv (keras and only that
+    backend), as for a user who has one backend installed: so the `tests` sessions run first (the
+    default `nox` runs them first). This session's own venv has all three backends, for the tests
+    of a user who has several (a jax or torch run with TensorFlow installed, `tests/test_backend.py`).
+    """
+    pythons = {backend: Path(".nox", f"tests-backend-{backend}", "bin", "python") for backend in BACKENDS}
+    missing = [f"tests(backend='{backend}')" for backend, python in pythons.items() if not python.is_file()]
+    if missing:
+        session.error(f"portability's workers run in the tests sessions' virtualenvs: run nox -s {' '.join(missing)} first")
+    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch]", "pytest")
+    workers = {f"SIAMESE_K3_PYTHON_{backend.upper()}": os.path.abspath(python) for backend, python in pythons.items()}
+    session.run("python", "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
+                env={**workers, **compilation_cache(session.virtualenv.location)})
 
 
 @nox.session

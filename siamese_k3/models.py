@@ -175,6 +175,24 @@ class _FastModel(keras.Model):
             **kwargs,
         )
 
+    def get_compile_config(self):
+        """keras' compile config, with a backend's own optimizer class saved under its public name.
+
+        On torch, ``keras.optimizers.Adam()`` is an instance of
+        ``keras.src.backend.torch.optimizers.torch_adam.Adam``, and keras saves
+        that module: a model.keras saved on torch would not load where torch is
+        not installed ("its parent module ... cannot be imported"). Saved as
+        ``keras.optimizers.Adam`` (same class name, same config), it loads as
+        each backend's Adam.
+        """
+        config = super().get_compile_config()
+        optimizer = (config or {}).get("optimizer")
+        if isinstance(optimizer, dict) and str(optimizer.get("module")).startswith("keras.src.backend."):
+            public = getattr(keras.optimizers, str(optimizer.get("class_name")), None)
+            if isinstance(public, type) and isinstance(self.optimizer, public):
+                optimizer["module"] = "keras.optimizers"
+        return config
+
     def compile_from_config(self, config):
         """Recompile a loaded model with its saved optimizer and settings (keras skips custom compiles)."""
         self.compile(**keras.saving.deserialize_keras_object(config))

@@ -333,6 +333,20 @@ def test_mining_model_call_is_the_backbone_and_round_trips(tmp_path):
     )
 
 
+@pytest.mark.parametrize("optimizer", ["Adam", "SGD", "AdamW"])
+def test_the_saved_optimizer_names_its_public_class_so_any_backend_loads_it(optimizer):
+    """keras saves torch's Adam as keras.src.backend.torch.optimizers.torch_adam, which a jax-only install
+    cannot import; ours name keras.optimizers.<class> (loading it across venvs: tests/test_portability.py)."""
+    model = MiningModel(mining_backbone())
+    model.compile(optimizer=getattr(keras.optimizers, optimizer)(1e-3), loss=TripletBatchAllLoss())
+    saved = model.get_compile_config()["optimizer"]
+    assert saved["class_name"] == optimizer
+    assert not saved["module"].startswith("keras.src.backend."), saved["module"]
+    restored = keras.saving.deserialize_keras_object(saved)
+    assert type(restored) is type(model.optimizer)
+    assert restored.get_config() == model.optimizer.get_config()
+
+
 def test_mining_model_needs_a_keras_model():
     with pytest.raises(TypeError, match="backbone must be a keras.Model"):
         MiningModel(keras.layers.Dense(4))

@@ -7,8 +7,10 @@ train 2 steps and save model.keras and embedding.keras, then one per backend
 to load every saved file and embed the same fixed inputs.
 
 Each backend's worker runs in the Python that ``SIAMESE_K3_PYTHON_<BACKEND>``
-names, else in this Python when it has that backend (``nox -s portability``
-installs all three). A pair with a backend in neither is skipped.
+names, else in this Python when it has that backend. ``nox -s portability``
+names the three `tests(backend)` virtualenvs, each with keras and only its own
+backend, as a user who has one backend installed. A pair with a backend in
+neither is skipped.
 """
 
 import importlib.util
@@ -67,17 +69,27 @@ def fixed_inputs(backbone):
     return rng.uniform(0, 255, (6, 28, 28)).astype("float32")
 
 
-def run_worker(backend, *arguments):
+def run_workers(step, directory, backends, *arguments):
+    """`portability_worker.py STEP DIRECTORY ...` once per backend, all at once (each is one process, mostly
+    one core), each in its backend's Python; fails naming every backend whose worker failed."""
     environment = {
         **os.environ,
-        "KERAS_BACKEND": backend,
         "PYTHONPATH": os.pathsep.join(filter(None, [str(REPOSITORY), os.environ.get("PYTHONPATH")])),
     }
-    result = subprocess.run(
-        [python_for(backend), str(WORKER), *arguments],
-        env=environment, capture_output=True, text=True, timeout=1800,
-    )
-    assert result.returncode == 0, f"{backend} worker {arguments[0]} failed:\n{result.stderr[-4000:]}"
+    workers = {
+        backend: subprocess.Popen(
+            [python_for(backend), str(WORKER), step, str(directory), *arguments],
+            env={**environment, "KERAS_BACKEND": backend}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+            text=True,
+        )
+        for backend in backends
+    }
+    failures = []
+    for backend, worker in workers.items():
+        _, stderr = worker.communicate(timeout=1800)
+        if worker.returncode != 0:
+            failures.append(f"{backend} worker {step} failed:\n{stderr[-4000:]}")
+    assert not failures, "\n".join(failures)
 
 
 @pytest.fixture(scope="module")
@@ -87,10 +99,8 @@ def saved(tmp_path_factory):
     for backbone in BACKBONES:
         np.save(directory / f"{backbone}.inputs.npy", fixed_inputs(backbone))
     available = [backend for backend in BACKENDS if installed(backend)]
-    for backend in available:
-        run_worker(backend, "save", str(directory), *BACKBONES)
-    for backend in available:
-        run_worker(backend, "load", str(directory))
+    run_workers("save", directory, available, *BACKBONES)
+    run_workers("load", directory, available)
     return directory
 
 
