@@ -178,12 +178,12 @@ class _FastModel(keras.Model):
     def get_compile_config(self):
         """keras' compile config, with a backend's own optimizer class saved under its public name.
 
-        On torch, ``keras.optimizers.Adam()`` is an instance of
-        ``keras.src.backend.torch.optimizers.torch_adam.Adam``, and keras saves
-        that module: a model.keras saved on torch would not load where torch is
-        not installed ("its parent module ... cannot be imported"). Saved as
-        ``keras.optimizers.Adam`` (same class name, same config), it loads as
-        each backend's Adam.
+        On one backend ``keras.optimizers.Adam()`` is an instance of that
+        backend's own subclass, in a module under ``keras.src.backend.``, and
+        keras saves that module: such a model.keras would not load where that
+        backend is not installed ("its parent module ... cannot be imported").
+        Saved as ``keras.optimizers.Adam`` (same class name, same config), it
+        loads as each backend's Adam.
         """
         config = super().get_compile_config()
         optimizer = (config or {}).get("optimizer")
