@@ -3,26 +3,28 @@
     nox                                   # everything CI runs (the default sessions below), then a timing table
     nox -s "tests(backend='jax')"         # one backend: unit tests, distributed runs, benchmark smoke, keras range
     nox -s "tests(backend='jax')" -- tests/test_losses.py -x   # with arguments: only that pytest call
-    nox -s keras_floor                    # the fast path's suite on the oldest keras pyproject allows
+    nox -s keras_floor                    # the fast path's suite on the oldest keras pyproject allows, own venvs
     nox -s portability                    # models saved on each backend load on the other two (after `tests`)
     nox -s docs                           # the API reference (mkdocs --strict) into site/, no keras needed
     nox -s bench                          # benchmarks, not run by default
 
 `tests(backend)` makes one virtualenv and runs, as separate pytest calls in it:
 
-1. the unit tests (`pytest -m "not portability and not distributed and not bench_smoke"`): those
-   marked ``timed`` (wall-clock bounds, races of real processes) one at a time after the rest,
-   which run on `WORKERS` pytest-xdist workers (one per core); those marked ``backend_independent``
-   (numpy, files, argument checks) in the torch session only;
-2. the distributed runs (``-m distributed``): 2-process data-parallel training launched as users
-   launch it (torchrun, jax.distributed, TF_CONFIG), on CPU;
+1. the unit tests (`pytest -m "not portability and not distributed and not bench_smoke"`) but
+   those marked ``timed``, on `WORKERS` pytest-xdist workers (one per core); those marked
+   ``backend_independent`` (numpy, files, argument checks) in the torch session only;
+2. one at a time, with nothing else running: the unit tests marked ``timed`` (wall-clock bounds,
+   races of real processes) and the distributed runs (``-m distributed``: 2-process data-parallel
+   training launched as users launch it, torchrun, jax.distributed, TF_CONFIG, on CPU);
 3. the benchmark smoke (``-m bench_smoke``): every benchmark entry point on tiny sizes, each native
    loop's first loss equal to keras';
 4. the fast path's suite (`FAST_PATH_SUITE`) on the newest keras release pyproject allows, skipped
    (saying so) when that release is the one `constraints.txt` pins, which step 1 already ran;
+5. on jax and torch, the same suite on the oldest keras pyproject allows (`constraints-keras-floor.txt`),
+   with keras downgraded in this venv, then back to the pins.
 
-`keras_floor(backend)` runs the same suite on the oldest keras pyproject allows
-(`constraints-keras-floor.txt`), in its own virtualenv, since it also needs an older TensorFlow.
+`keras_floor(backend)` runs that suite in its own virtualenv; the default `nox` runs it for
+TensorFlow only, whose floor also needs an older TensorFlow (2.20).
 
 CI's budget is 35 minutes on a 2-core machine (tests/README.md); the `timings` session, last in the
 default list, prints one row per session with its wall time.
@@ -38,7 +40,10 @@ from pathlib import Path
 
 import nox
 
-nox.options.sessions = ["tests", "keras_floor", "portability", "docs", "timings"]
+# The keras floor of jax and torch needs only keras itself downgraded: their `tests` sessions run it in
+# place (FLOOR_IN_PLACE); TensorFlow's also needs TensorFlow 2.20, in its own venv.
+FLOOR_IN_PLACE = ("jax", "torch")
+nox.options.sessions = ["tests", "keras_floor(backend='tensorflow')", "portability", "docs", "timings"]
 nox.options.reuse_existing_virtualenvs = True
 
 BACKENDS = ("jax", "tensorflow", "torch")
@@ -185,8 +190,8 @@ def tests(session, backend):
         pytest(session, backend, "-m", unit, *session.posargs)
         return
     pytest(session, backend, "-m", f"({unit}) and not timed", *PARALLEL)
-    pytest(session, backend, "-m", f"({unit}) and timed", "-p", "no:xdist")
-    pytest(session, backend, "-m", "distributed")
+    # one at a time: the unit tests with wall-clock bounds, and the 2-process runs (each uses both cores)
+    pytest(session, backend, "-m", f"(({unit}) and timed) or distributed", "-p", "no:xdist")
     pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL_TESTS)
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
@@ -197,13 +202,24 @@ def tests(session, backend):
         keras_version(session, backend)
         pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL_TESTS)
         session.install(*CONSTRAINTS, "-e", f".[{backend}]")  # back to the pins, for the portability session
+    if backend in FLOOR_IN_PLACE:
+        keras_floor_suite(session, backend)
+        session.install(*CONSTRAINTS, "-e", f".[{backend}]")  # back to the pins, for the portability session
 
 
 @nox.session
 @nox.parametrize("backend", BACKENDS)
 @timed
 def keras_floor(session, backend):
-    """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt)."""
+    """The fast path's suite on the oldest keras pyproject declares (constraints-keras-floor.txt), in its own venv.
+
+    The default `nox` runs it for TensorFlow only, whose floor also needs an older TensorFlow; the
+    `tests` sessions of the other backends run the same suite in their own venv with keras downgraded.
+    """
+    keras_floor_suite(session, backend)
+
+
+def keras_floor_suite(session, backend):
     session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
     keras_version(session, backend)
     pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL_TESTS))
