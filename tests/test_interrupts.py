@@ -333,7 +333,7 @@ def test_a_block_still_running_after_the_grace_period_ends_the_process():
 # Data-parallel processes (pytest -m distributed)
 # --------------------------------------------------------------------------
 
-PEER_TIMEOUT = 15
+PEER_TIMEOUT = 8  # seconds a process waits for a peer that never comes
 
 
 def one_of_two(rank, ports):
