@@ -100,8 +100,12 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, un
     """Issue 24 #2: these used to fail only after every file of the finished run was gone."""
     (tmp_path / "EMPTY").mkdir()
     bad = [str(tmp_path / "EMPTY") if value == "EMPTY" else value for value in bad]
-    before = {name: (uninterrupted / name).read_bytes() for name in os.listdir(uninterrupted) if name != ".lock"}
-    argv = ["train", "--data-dir", str(data_dir), "--out", str(uninterrupted), *SMALL, "--overwrite", *bad]
+    # A copy of the shared finished run, in a folder of its own: other tests (on the other xdist worker) read
+    # the original, and the check below lists the run's parent folder.
+    finished = tmp_path / "runs" / "run"
+    shutil.copytree(uninterrupted, finished, ignore=shutil.ignore_patterns(".lock"))
+    before = {name: (finished / name).read_bytes() for name in os.listdir(finished) if name != ".lock"}
+    argv = ["train", "--data-dir", str(data_dir), "--out", str(finished), *SMALL, "--overwrite", *bad]
     if code == 2:
         with pytest.raises(SystemExit) as exit_info:
             cli.main(argv)
@@ -109,9 +113,9 @@ def test_overwrite_with_a_bad_option_leaves_the_finished_run_whole(bad, code, un
     else:
         assert cli.main(argv) == 1
     assert capsys.readouterr().err.count("\n") == 1
-    after = {name: (uninterrupted / name).read_bytes() for name in os.listdir(uninterrupted) if name != ".lock"}
+    after = {name: (finished / name).read_bytes() for name in os.listdir(finished) if name != ".lock"}
     assert after == before
-    assert sorted(os.listdir(uninterrupted.parent)) == [uninterrupted.name]  # no scratch sibling left behind
+    assert sorted(os.listdir(finished.parent)) == [finished.name]  # no scratch sibling left behind
 
 
 KILL_POINTS = ["first_epoch", "before_replace", "between_renames", "before_removal"]
