@@ -239,6 +239,16 @@ def test_canary_compile_from_config_skips_custom_compile():
     assert not model.compiled
 
 
+@torch_only
+def test_canary_keras_saves_torchs_adam_under_its_backend_module():
+    """_FastModel.get_compile_config renames an optimizer module under keras.src.backend.: keras' own save
+    still names torch's Adam there, a module no other backend's install can import."""
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    assert model.get_compile_config()["optimizer"]["module"].startswith("keras.src.backend.torch.")
+
+
 @tensorflow_only
 def test_canary_array_dataset_hides_its_cardinality():
     """tensorflow/arrays.py asserts the cardinality: keras' array tf.data pipeline does not state it."""
