@@ -45,6 +45,10 @@ import nox
 FLOOR_IN_PLACE = ("jax", "torch")
 nox.options.sessions = ["tests", "keras_floor(backend='tensorflow')", "portability", "docs", "timings"]
 nox.options.reuse_existing_virtualenvs = True
+# uv (`pip install "nox[uv]"`, as .ci/run does) makes each venv and installs the same pins into it in
+# seconds, where pip takes about a minute per venv: five venvs and four keras swaps in CI. Without uv,
+# nox falls back to virtualenv and pip, with the same result.
+nox.options.default_venv_backend = "uv|virtualenv"
 
 BACKENDS = ("jax", "tensorflow", "torch")
 CONSTRAINTS = ("-c", "constraints.txt")
@@ -98,6 +102,31 @@ def _record(name, seconds, result):
     TIMINGS.write_text(json.dumps(timings, indent=1))
 
 
+def _pip_find_links():
+    """Where pip looks for local wheels (PIP_FIND_LINKS, else pip's own configuration); None if nowhere.
+
+    uv reads neither, and this is where the pinned CPU build of torch may lie (README: an unpinned
+    or CUDA `torch` is several GB): uv is told through UV_FIND_LINKS, so both install the same wheel.
+    """
+    if os.environ.get("PIP_FIND_LINKS"):
+        return os.environ["PIP_FIND_LINKS"]
+    try:
+        listing = subprocess.run(
+            [sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True, timeout=60,
+        ).stdout
+    except Exception:  # no pip here: nothing to pass on
+        return None
+    for line in listing.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip().endswith(".find-links"):
+            return value.strip().strip("'\"")
+    return None
+
+
+if "UV_FIND_LINKS" not in os.environ and (_FIND_LINKS := _pip_find_links()):
+    os.environ["UV_FIND_LINKS"] = _FIND_LINKS
+
+
 def install_isolated(session, backend, constraints):
     """keras, siamese_k3 and ONLY `backend`; a stray other backend in the venv fails the session."""
     extras = f"{backend},test,export,search,bench" + (",bench-jax" if backend == "jax" else "")
@@ -113,13 +142,32 @@ def install_isolated(session, backend, constraints):
 
 def pytest(session, backend, *arguments):
     # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
-    env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location)}
+    env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location), **compute_threads(backend)}
     _CALLS[session.name] = _CALLS.get(session.name, 0) + 1  # every test's time, for a closer look than DURATIONS
     report = os.path.join(session.virtualenv.location, f"pytest-{_CALLS[session.name]}.xml")
     session.run("python", "-m", "pytest", *DURATIONS, f"--junitxml={report}", *arguments, env=env)
 
 
 _CALLS = {}
+
+
+def compute_threads(backend, workers=WORKERS):
+    """Environment giving each torch test process its share of the cores: cores ÷ workers OpenMP threads.
+
+    The tests' processes run side by side: two pytest-xdist workers, the processes they start, the
+    two ranks of a distributed run. torch's OpenMP pool has one thread per core, and its threads spin
+    while they wait for work, so on the 2-core CI machine two torch processes keep four threads busy.
+    The torch unit tests took 122 s with one thread each instead of 236 s (AMD EPYC, 2 cores; torchrun
+    sets OMP_NUM_THREADS=1 in its processes for the same reason). jax and TensorFlow, whose pools
+    sleep when idle, gained nothing (jax 345 s with their defaults, 377 s with one thread; TensorFlow
+    391 s and 392 s), so they keep their defaults. What the tests compute is the same; benchmark
+    figures are measured with each framework's default threads, outside the tests. A thread count
+    already in the environment is kept.
+    """
+    if backend != "torch":
+        return {}
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
+    return {name: os.environ.get(name, threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
 
 
 def compilation_cache(venv):
@@ -242,7 +290,7 @@ def portability(session):
     session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch]", "pytest")
     workers = {f"SIAMESE_K3_PYTHON_{backend.upper()}": os.path.abspath(python) for backend, python in pythons.items()}
     session.run("python", "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
-                env={**workers, **compilation_cache(session.virtualenv.location)})
+                env={**workers, **compilation_cache(session.virtualenv.location), **compute_threads("torch")})
 
 
 @nox.session

@@ -193,16 +193,22 @@ class Process:
         self.popen = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                       **options)
         self.lines = []
+        self.arrived = []  # when each line of self.lines arrived
         self.stderr = []
         self.readers = [threading.Thread(target=self._read, args=(self.popen.stdout, self.lines), daemon=True),
                         threading.Thread(target=self._read, args=(self.popen.stderr, self.stderr), daemon=True)]
         for reader in self.readers:
             reader.start()
 
-    @staticmethod
-    def _read(stream, lines):
+    def _read(self, stream, lines):
         for line in stream:
+            if lines is self.lines:
+                self.arrived.append(time.monotonic())
             lines.append(line)
+
+    def seen(self, marker):
+        """The monotonic time the first stdout line starting with `marker` arrived (its reader thread's clock)."""
+        return next(self.arrived[index] for index, line in enumerate(self.lines) if line.startswith(marker))
 
     def wait_for(self, marker, count=1, timeout=STARTUP):
         deadline = time.monotonic() + timeout
@@ -348,37 +354,63 @@ def one_of_two(rank, ports):
                        MASTER_ADDR="localhost", MASTER_PORT=str(ports[0]))
 
 
-@pytest.mark.distributed
-@pytest.mark.parametrize("rank", [0, 1])
-def test_a_process_whose_peer_never_starts_gives_up_with_one_line(rank):
-    process = worker("mining", "--parallel", "--timeout", str(PEER_TIMEOUT),
-                     env=one_of_two(rank, [free_port(), free_port()]))
-    process.wait_for("WAITING")
-    waited = time.monotonic()
-    code = process.finish(timeout=PEER_TIMEOUT + STARTUP)
-    waited = time.monotonic() - waited
-    errors = process.error()
-    assert code == 1, errors
-    lines = our_lines(errors)
-    assert len(lines) == 1 and lines[0].startswith("siamese_k3: error: "), errors
-    assert "data-parallel" in lines[0] and "timeout" in lines[0]
-    assert PEER_TIMEOUT - 1 <= waited < PEER_TIMEOUT + 60, errors
+def first_to_end(processes, timeout):
+    """The monotonic time each process was seen ended (polled every 50 ms, all at once); None for one still running."""
+    ended = [None] * len(processes)
+    deadline = time.monotonic() + timeout
+    while None in ended and time.monotonic() < deadline:
+        for index, process in enumerate(processes):
+            if ended[index] is None and process.popen.poll() is not None:
+                ended[index] = time.monotonic()
+        time.sleep(0.05)
+    return ended
 
 
 @pytest.mark.distributed
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_ends_a_process_waiting_for_its_peer(signum):
-    process = worker("mining", "--parallel", "--grace", "3", env=one_of_two(1, [free_port(), free_port()]))
+def test_a_process_whose_peer_never_starts_gives_up_with_one_line():
+    # Process 0 of one two-process job and process 1 of another, whose peers never start: side by side,
+    # so that their waits overlap (each has its own ports).
+    processes = [worker("mining", "--parallel", "--timeout", str(PEER_TIMEOUT),
+                        env=one_of_two(rank, [free_port(), free_port()])) for rank in (0, 1)]
     try:
-        process.wait_for("WAITING")
-        time.sleep(3)  # inside the wait
-        seconds = process.stop_time(signum)
+        for process in processes:
+            process.wait_for("WAITING")
+        ended = first_to_end(processes, PEER_TIMEOUT + STARTUP)
     finally:
-        process.finish()
-    errors = process.error()
-    assert process.popen.returncode == 128 + signum, errors
-    assert f"stopped by {signum.name}" in errors  # RunInterrupted, or the one-line exit after the grace period
-    assert seconds < 3 + 5, errors
+        codes = [process.finish() for process in processes]
+    for rank, process in enumerate(processes):
+        errors = process.error()
+        assert ended[rank] is not None and codes[rank] == 1, (rank, errors)
+        lines = our_lines(errors)
+        assert len(lines) == 1 and lines[0].startswith("siamese_k3: error: "), (rank, errors)
+        assert "data-parallel" in lines[0] and "timeout" in lines[0], (rank, errors)
+        assert PEER_TIMEOUT - 1 <= ended[rank] - process.seen("WAITING") < PEER_TIMEOUT + 60, (rank, errors)
+
+
+@pytest.mark.distributed
+def test_a_signal_ends_a_process_waiting_for_its_peer():
+    # SIGTERM to one process waiting for its peer, SIGINT to another (each of its own job), side by side.
+    signals = (signal.SIGTERM, signal.SIGINT)
+    processes = [worker("mining", "--parallel", "--grace", "3", env=one_of_two(1, [free_port(), free_port()]))
+                 for _ in signals]
+    try:
+        for process in processes:
+            process.wait_for("WAITING")
+        time.sleep(3)  # inside the wait
+        sent = []
+        for process, signum in zip(processes, signals):
+            sent.append(time.monotonic())
+            process.popen.send_signal(signum)
+        ended = first_to_end(processes, 60)
+    finally:
+        for process in processes:
+            process.finish()
+    for process, signum, at, end in zip(processes, signals, sent, ended):
+        errors = process.error()
+        assert end is not None, f"still running 60 s after {signum.name}: {errors}"
+        assert process.popen.returncode == 128 + signum, errors
+        assert f"stopped by {signum.name}" in errors  # RunInterrupted, or the one-line exit after the grace period
+        assert end - at < 3 + 5, errors
 
 
 @pytest.mark.distributed
