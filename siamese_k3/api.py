@@ -354,7 +354,7 @@ def _check_finite(model, path):
         raise RunFolderError(
             f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
             f"{' and others' if len(bad) > 3 else ''}: the training diverged; train it again with "
-            "--overwrite and a lower --learning-rate."
+            "overwrite=True and a lower learning rate."
         )
 
 
@@ -439,5 +439,5 @@ def _dataset_gallery(dataset, config):
     """(images, labels, ids) of ``NAME[:split]`` (split: train or test, default test)."""
     name, _, split = dataset.partition(":")
     split = split or "test"
-    images, labels = _dataset_split(name, split, config, f"--dataset {dataset!r}")
+    images, labels = _dataset_split(name, split, config, f"dataset={dataset!r}")
     return images, labels, [f"{name}:{split}:{row}" for row in range(len(labels))]

@@ -12,6 +12,7 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from siamese_k3.checks import check_choice
 from siamese_k3.errors import SiameseK3Error
 
 
@@ -269,11 +270,11 @@ def compact_cnn(
         x = layers.RandomTranslation(shift, shift, fill_mode="constant")(x)
     if erase:
         if not hasattr(layers, "RandomErasing"):
-            raise ValueError(f"erase={erase} needs keras.layers.RandomErasing (keras >= 3.8): upgrade keras.")
+            raise SiameseK3Error(f"erase={erase} needs keras.layers.RandomErasing (keras >= 3.8): upgrade keras.")
         x = layers.RandomErasing(factor=(erase, erase), fill_value=0.0)(x)
     counts = [convs] * len(filters) if isinstance(convs, int) else list(convs)
     if len(counts) != len(filters) or min(counts, default=1) < 1:
-        raise ValueError(f"convs={convs!r}: give one count >= 1, or one per block of filters={list(filters)}.")
+        raise SiameseK3Error(f"convs={convs!r}: give one count >= 1, or one per block of filters={list(filters)}.")
     for width, count in zip(filters, counts):
         for _ in range(count):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
@@ -302,6 +303,4 @@ BACKBONES = {
 
 def get(name, **kwargs):
     """A backbone by name (see `BACKBONES`), built with `kwargs`."""
-    if name not in BACKBONES:
-        raise ValueError(f"Unknown backbone {name!r}: expected one of {', '.join(sorted(BACKBONES))}.")
-    return BACKBONES[name](**kwargs)
+    return BACKBONES[check_choice(name, tuple(sorted(BACKBONES)), "backbone")](**kwargs)

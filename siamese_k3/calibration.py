@@ -34,7 +34,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from siamese_k3.checks import check_distance, check_integer
+from siamese_k3.checks import check_choice, check_distance, check_integer
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.evaluation import paired_distances
 from siamese_k3.files import write_json
@@ -124,8 +124,7 @@ class Calibration:
         _check_real("threshold", self.threshold)
         for name in ("precision", "recall", "f1"):
             _check_real(name, getattr(self, name), 0.0, 1.0)
-        if self.objective not in OBJECTIVES:
-            raise SiameseK3Error(f"objective={self.objective!r}: expected one of {', '.join(OBJECTIVES)}.")
+        check_choice(self.objective, OBJECTIVES, "objective")
         if self.target is not None:
             _check_real("target", self.target, 0.0, 1.0)
         for name in ("num_same", "num_different"):

@@ -19,7 +19,7 @@ import numpy as np
 
 from siamese_k3 import evaluation
 from siamese_k3.backend import distributed
-from siamese_k3.errors import NonFiniteLossError, RunFolderError
+from siamese_k3.errors import NonFiniteLossError, RunFolderError, SiameseK3Error
 from siamese_k3.files import atomic_path, write_json
 
 LIKELY_CAUSES = (
@@ -125,7 +125,7 @@ class RetrievalValidation(_EmbeddingValidation):
         super().__init__(**kwargs)
         labels = np.asarray(labels).reshape(-1)
         if len(images) != len(labels):
-            raise ValueError(f"images has {len(images)} rows but labels has {len(labels)}: give one label per image.")
+            raise SiameseK3Error(f"images has {len(images)} rows but labels has {len(labels)}: give one label per image.")
         count = min(int(sample_size), len(labels))
         rows = np.sort(np.random.default_rng(seed).choice(len(labels), count, replace=False))
         self.images, self.labels, self.distance = images[rows], labels[rows], distance
@@ -300,6 +300,6 @@ def _legacy_epochs(folder, metadata):
 def _damaged(path, what):
     run = os.path.dirname(os.path.dirname(os.path.abspath(path)))
     return RunFolderError(
-        f"the checkpoint file {path} {what}: the unfinished run in {run} cannot resume; pass --overwrite "
-        "(overwrite=True) to train it again from the start."
+        f"the checkpoint file {path} {what}: the unfinished run in {run} cannot resume; pass overwrite=True "
+        "to train it again from the start."
     )

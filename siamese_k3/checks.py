@@ -1,4 +1,7 @@
-"""Arguments checked at the door: one-line `ValueError`s naming the argument, value and what is expected.
+"""Arguments checked at the door: one-line `SiameseK3Error`s naming the argument, value and what is expected.
+
+Each message names the parameter as ``name=value`` (``distance='manhattan'``), which the CLI
+spells as its flag (``--distance 'manhattan'``); `check_choice` is the one "unknown name" message.
 
 Only what is known without running the computation is checked (Python numbers,
 numpy arrays, static shapes and dtypes), so the losses stay traceable under
@@ -16,17 +19,27 @@ from siamese_k3.errors import SiameseK3Error
 DISTANCES = ("euclidean", "squared_euclidean", "cosine")
 
 
+def check_choice(value, choices, name, also=None):
+    """`value` if it is one of `choices`; else the library's one "unknown name" error.
+
+    ``SiameseK3Error: loss='quadruplet' is unknown: choose one of triplet, semi_hard, ...``, with
+    `also` (what else is accepted, e.g. "or pairs:DIR for a folder of pairs") after the list.
+    """
+    if not isinstance(value, (str, type(None))) or value not in choices:
+        listed = ", ".join("None" if choice is None else str(choice) for choice in choices)
+        raise SiameseK3Error(f"{_named(name, value)} is unknown: choose one of {listed}{f', {also}' if also else ''}.")
+    return value
+
+
 def check_distance(distance, name="distance"):
-    """`distance` if it names one of `DISTANCES`; else ValueError naming `name` and the choices."""
-    if distance not in DISTANCES:
-        raise ValueError(f"Unknown {name} {distance!r}: expected one of {', '.join(DISTANCES)}.")
-    return distance
+    """`distance` if it names one of `DISTANCES`; else `SiameseK3Error` naming `name` and the choices."""
+    return check_choice(distance, DISTANCES, name)
 
 
 def check_margin(margin, name="margin"):
-    """`margin` if it is a finite number >= 0 (tensors pass unchecked); else ValueError naming `name`."""
+    """`margin` if it is a finite number >= 0 (tensors pass unchecked); else `SiameseK3Error` naming `name`."""
     if not _is_tensor(margin) and not _finite_number(margin, strictly_positive=False):
-        raise ValueError(f"{_named(name, margin)} is not a valid margin: expected a finite number >= 0, such as 0.2 or 1.0.")
+        raise SiameseK3Error(f"{_named(name, margin)} is not a valid margin: expected a finite number >= 0, such as 0.2 or 1.0.")
     return margin
 
 
@@ -43,7 +56,7 @@ def check_integer(value, name, minimum=0, maximum=None):
     except (TypeError, ValueError, OverflowError):
         valid = False
     if not valid or value < minimum or (maximum is not None and value > maximum):
-        raise SiameseK3Error(f"{name} must be {integer_range(minimum, maximum)}, got {value!r}.")
+        raise SiameseK3Error(f"{_named(name, value)} must be {integer_range(minimum, maximum)}.")
     return int(value)
 
 
@@ -67,18 +80,18 @@ def check_seed(seed, name="seed"):
 
 
 def check_learning_rate(learning_rate, name="learning_rate"):
-    """`learning_rate` if it is a finite number > 0 (schedules and tensors pass); else ValueError."""
+    """`learning_rate` if it is a finite number > 0 (schedules and tensors pass); else `SiameseK3Error`."""
     if not (_is_tensor(learning_rate) or callable(learning_rate)) and not _finite_number(
         learning_rate, strictly_positive=True
     ):
-        raise ValueError(
+        raise SiameseK3Error(
             f"{_named(name, learning_rate)} is not a valid learning rate: expected a finite number > 0, such as 1e-3."
         )
     return learning_rate
 
 
 def check_labels(labels, embeddings):
-    """Raise ValueError unless `labels` are integer class ids, one per row of `embeddings`.
+    """Raise `SiameseK3Error` unless `labels` are integer class ids, one per row of `embeddings`.
 
     Accepted: integer or boolean dtypes, and floats holding whole numbers (keras'
     `Loss` hands labels over as float32; their values are checked only when they
@@ -88,7 +101,7 @@ def check_labels(labels, embeddings):
     if _is_tensor(labels):
         dtype = _dtype_name(labels)
         if not dtype.startswith(("int", "uint", "bool", "float", "bfloat")):
-            raise ValueError(
+            raise SiameseK3Error(
                 f"labels have dtype {dtype}: expected integer class ids; map class names to integers first, "
                 "for example np.unique(names, return_inverse=True)[1]."
             )
@@ -97,7 +110,7 @@ def check_labels(labels, embeddings):
         array = np.asarray(labels)
         if array.dtype.kind not in "iubf" or (array.dtype.kind == "f" and not np.all(np.mod(array, 1) == 0)):
             example = array.reshape(-1)[:3].tolist()
-            raise ValueError(
+            raise SiameseK3Error(
                 f"labels {example}... are not integer class ids (dtype {array.dtype}): map class names to "
                 "integers first, for example np.unique(names, return_inverse=True)[1]."
             )
@@ -105,7 +118,7 @@ def check_labels(labels, embeddings):
     shape = np.shape(embeddings)  # a tensor's own (static) shape; lists go through numpy
     rows = shape[0] if shape else None
     if isinstance(count, int) and isinstance(rows, int) and count != rows:
-        raise ValueError(
+        raise SiameseK3Error(
             f"labels has {count} entries but embeddings has {rows} rows: give one label per embedding "
             "(labels of shape [B] or [B, 1] for embeddings of shape [B, D])."
         )

@@ -33,6 +33,7 @@ import sys
 from siamese_k3.backend import BACKENDS, default_backend
 from siamese_k3.checks import DISTANCES, MAX_SEED, check_integer, check_learning_rate, check_margin, integer_range
 from siamese_k3.config import LOSSES, TrainConfig
+from siamese_k3.errors import UsageError
 from siamese_k3.recipes import LABELLED as RECIPES
 
 
@@ -215,7 +216,7 @@ def choose_backend(requested=None, argv=None):
     """
     requested = requested or os.environ.get("KERAS_BACKEND") or default_backend()
     if requested not in BACKENDS:
-        raise _UsageError(
+        raise UsageError(
             f"KERAS_BACKEND={requested!r} is not a Keras backend: choose one of {', '.join(BACKENDS)} "
             "(with --backend or KERAS_BACKEND)."
         )
@@ -239,10 +240,6 @@ def choose_backend(requested=None, argv=None):
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(sys.executable, [sys.executable, "-m", "siamese_k3", *argv])
-
-
-class _UsageError(Exception):
-    """The environment names no valid backend: exit 2, as for a bad command line."""
 
 
 class _ConsoleHandler(logging.Handler):
@@ -480,7 +477,7 @@ def main(argv=None):
 
             keras.config.disable_traceback_filtering()
         return COMMANDS[args.command](args)
-    except _UsageError as error:
+    except UsageError as error:  # the environment names no valid backend: exit 2, as argparse
         print(f"{parser.prog}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGINT / SIGTERM as siamese_k3.errors.RunInterrupted

@@ -16,7 +16,7 @@ import os
 from typing import Optional
 
 from siamese_k3 import recipes
-from siamese_k3.checks import DISTANCES, MAX_SEED, check_integer, check_learning_rate, check_margin
+from siamese_k3.checks import DISTANCES, MAX_SEED, check_choice, check_integer, check_learning_rate, check_margin
 from siamese_k3.errors import SiameseK3Error
 
 LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
@@ -70,8 +70,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_dataset(self.dataset)
-        if self.recipe not in recipes.LABELLED:
-            raise SiameseK3Error(f"--recipe {self.recipe!r} is unknown: choose one of {', '.join(recipes.LABELLED)}.")
+        check_choice(self.recipe, tuple(recipes.LABELLED), "recipe")
         defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
         given_options = self.backbone_options
         for key, value in defaults.items():
@@ -125,44 +124,36 @@ class TrainConfig:
     def _check(self):
         if not isinstance(self.backbone_options, dict):
             raise SiameseK3Error(f"backbone_options must be a dict of the backbone's arguments, got {self.backbone_options!r}.")
-        if self.loss not in LOSSES:
-            raise SiameseK3Error(f"--loss {self.loss!r} is unknown: choose one of {', '.join(LOSSES)}.")
-        if self.distance not in DISTANCES:
-            raise SiameseK3Error(f"--distance {self.distance!r} is unknown: choose one of {', '.join(DISTANCES)}.")
-        try:
-            check_margin(self.margin, name="--margin")
-            check_learning_rate(self.learning_rate, name="--learning-rate")
-        except ValueError as error:
-            raise SiameseK3Error(str(error)) from None
+        check_choice(self.loss, LOSSES, "loss")
+        check_choice(self.distance, DISTANCES, "distance")
+        check_margin(self.margin)
+        check_learning_rate(self.learning_rate)
         for name in ("epochs", "batch_size", "embedding_dim", "image_size"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("steps_per_epoch", "classes_per_batch", "validation_size"):
             _check_int(name, getattr(self, name), minimum=0)
         _check_int("seed", self.seed, minimum=0, maximum=MAX_SEED)
         if not (isinstance(self.validation_split, (int, float)) and 0 < self.validation_split < 1):
-            raise SiameseK3Error(f"--validation-split {self.validation_split!r} must lie strictly between 0 and 1, such as 0.2.")
-        if self.mixed_precision not in (None, *MIXED_PRECISION):
-            raise SiameseK3Error(
-                f"--mixed-precision {self.mixed_precision!r} is unknown: choose {' or '.join(MIXED_PRECISION)}, or leave it unset."
-            )
+            raise SiameseK3Error(f"validation_split={self.validation_split!r} must lie strictly between 0 and 1, such as 0.2.")
+        check_choice(self.mixed_precision, (None, *MIXED_PRECISION), "mixed_precision")
         if self.pairs_dir is not None:
             if self.mining:
                 raise SiameseK3Error(
-                    f"--loss {self.loss} needs class labels; a pairs:DIR dataset has none: use --loss triplet."
+                    f"loss={self.loss!r} needs class labels; a pairs:DIR dataset has none: use loss='triplet'."
                 )
             return
         if self.steps_per_epoch < 1:
-            raise SiameseK3Error(f"--steps-per-epoch must be a positive integer, got {self.steps_per_epoch}.")
+            raise SiameseK3Error(f"steps_per_epoch={self.steps_per_epoch!r} must be a positive integer.")
         if self.mining:
             if self.classes_per_batch < 2:
-                raise SiameseK3Error(f"--classes-per-batch must be at least 2 for --loss {self.loss}, got {self.classes_per_batch}.")
+                raise SiameseK3Error(f"classes_per_batch={self.classes_per_batch!r} must be at least 2 for loss={self.loss!r}.")
             if self.batch_size // self.classes_per_batch < 2:
                 raise SiameseK3Error(
-                    f"--batch-size {self.batch_size} with --classes-per-batch {self.classes_per_batch} "
-                    "leaves fewer than 2 samples per class: raise --batch-size or lower --classes-per-batch."
+                    f"batch_size={self.batch_size} with classes_per_batch={self.classes_per_batch} "
+                    "leaves fewer than 2 samples per class: raise the batch size or lower the classes per batch."
                 )
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
-            raise SiameseK3Error(f"--data-dir {self.data_dir} is not a folder: give the folder holding the dataset files.")
+            raise SiameseK3Error(f"data_dir={str(self.data_dir)!r} is not a folder: give the folder holding the dataset files.")
 
 
 def option(name):
@@ -174,11 +165,8 @@ def _check_dataset(dataset):
     if not isinstance(dataset, str) or not (dataset in DATASETS or dataset.replace("-", "_") in DATASETS or (
         dataset.startswith(PAIRS_PREFIX) and len(dataset) > len(PAIRS_PREFIX)
     )):
-        raise SiameseK3Error(
-            f"--dataset {dataset!r} is unknown: choose {', '.join(DATASETS)}, or pairs:DIR for a folder with "
-            "left/ and right/ image subfolders."
-        )
+        check_choice(dataset, DATASETS, "dataset", also="or pairs:DIR for a folder with left/ and right/ image subfolders")
 
 
 def _check_int(name, value, minimum, maximum=None):
-    check_integer(value, option(name), minimum, maximum)
+    check_integer(value, name, minimum, maximum)

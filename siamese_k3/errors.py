@@ -4,8 +4,15 @@ Plain Python, no keras. Every message is one sentence or two that says what was
 wrong (the argument, the file) and what to do.
 
 - `SiameseK3Error` (a `ValueError`): bad input a user can fix, an argument, an
-  option, a dataset or image file. Library functions also raise plain
-  `ValueError` / `TypeError` for bad arguments; ``except ValueError`` catches both.
+  option, a dataset or image file. It is what the library raises for bad input;
+  `TypeError` only for an argument of the wrong Python type, as Python does.
+  Messages name the parameter as ``name=value`` (``loss='quadruplet'``); the CLI
+  spells each one as its flag (``--loss 'quadruplet'``, `siamese_k3.cli.as_flags`).
+  An unknown name has one message, `siamese_k3.checks.check_choice`'s.
+- `DatasetNotFoundError` and `DatasetFormatError` (`SiameseK3Error`s): no place
+  holds the dataset; a dataset file is corrupt, truncated or of the wrong kind.
+- `UsageError` (a `SiameseK3Error`): the command line or its environment names
+  nothing valid (``KERAS_BACKEND=nonsense``): the CLI exits 2, as argparse does.
 - `RunFolderError` (a `SiameseK3Error`): a run folder that cannot be used as
   asked: not a run, finished (without overwrite), in use by another process,
   unfinished with other options, or holding a damaged or missing file.
@@ -27,6 +34,18 @@ import signal
 
 class SiameseK3Error(ValueError):
     """Bad input a user can fix (a wrong argument, a missing or unreadable file); the message says how."""
+
+
+class DatasetNotFoundError(SiameseK3Error):
+    """No place holds the dataset; the message lists where we looked and how to provide it."""
+
+
+class DatasetFormatError(SiameseK3Error):
+    """A dataset file is corrupt, truncated or of the wrong kind; the message names it."""
+
+
+class UsageError(SiameseK3Error):
+    """The command line or its environment names nothing valid (a backend, say): exit 2, as for a bad command line."""
 
 
 class RunFolderError(SiameseK3Error):
@@ -81,4 +100,6 @@ def exit_code(error):
         return error.exit_code
     if isinstance(error, KeyboardInterrupt):
         return 128 + signal.SIGINT
+    if isinstance(error, UsageError):
+        return 2
     return 1

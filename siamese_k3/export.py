@@ -11,6 +11,7 @@ import logging
 import keras
 import numpy as np
 
+from siamese_k3.checks import check_choice
 from siamese_k3.errors import SiameseK3Error
 
 logger = logging.getLogger("siamese_k3")
@@ -32,8 +33,7 @@ EXPORT_REQUIREMENTS = {
 
 def export_model(model, input_shape, export_format, output):
     """Write `model` (an embedding model taking `input_shape` images) as `export_format` at `output`."""
-    if export_format not in EXPORT_FORMATS:
-        raise SiameseK3Error(f"export format {export_format!r} is unknown: choose {' or '.join(EXPORT_FORMATS)}.")
+    check_choice(export_format, EXPORT_FORMATS, "export_format")
     backend = keras.backend.backend()
     check_export_requirements(export_format, backend)
     model(np.zeros((1, *input_shape), "float32"), training=False)  # the torch exporter wants a called model

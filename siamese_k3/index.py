@@ -42,7 +42,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from siamese_k3.checks import check_distance
+from siamese_k3.checks import check_choice, check_distance
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.files import atomic_folder, write_json
 
@@ -574,9 +574,7 @@ def _build_faiss(vectors, distance, method, params):
 
 
 def _choice(value, choices, name):
-    if value not in choices:
-        raise SiameseK3Error(f"Unknown {name} {value!r}: expected one of {', '.join(choices)}.")
-    return value
+    return check_choice(value, tuple(choices), name)
 
 
 def _common_float(queries, gallery):

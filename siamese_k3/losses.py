@@ -20,7 +20,7 @@ import keras
 from keras import ops
 
 from siamese_k3.backend import distributed
-from siamese_k3.checks import check_labels, check_margin
+from siamese_k3.checks import check_choice, check_labels, check_margin
 from siamese_k3.distances import (
     check_distance,
     l2_normalize,
@@ -383,6 +383,4 @@ MINING_LOSSES = {
 
 def get(name, **options):
     """A mining loss by short name (``semi_hard``, ``batch_hard``, ``batch_all``)."""
-    if name not in MINING_LOSSES:
-        raise ValueError(f"Unknown mining loss {name!r}: expected one of {', '.join(MINING_LOSSES)}.")
-    return MINING_LOSSES[name](**options)
+    return MINING_LOSSES[check_choice(name, tuple(MINING_LOSSES), "loss")](**options)

@@ -7,6 +7,7 @@ from keras import ops
 from siamese_k3.backend import distributed
 from siamese_k3.backend.fast_path import enabled_by_environment, path_of, progress_bar_callbacks
 from siamese_k3.checks import check_learning_rate, check_margin
+from siamese_k3.errors import SiameseK3Error
 from siamese_k3.distances import check_distance
 from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
 
@@ -18,11 +19,11 @@ def split_triplet(inputs):
     if isinstance(inputs, dict):
         missing = [key for key in TRIPLET_KEYS if key not in inputs]
         if missing:
-            raise ValueError(f"Triplet dict lacks the key(s) {missing}; expected {list(TRIPLET_KEYS)}.")
+            raise SiameseK3Error(f"Triplet dict lacks the key(s) {missing}; expected {list(TRIPLET_KEYS)}.")
         return tuple(inputs[key] for key in TRIPLET_KEYS)
     if isinstance(inputs, (tuple, list)) and len(inputs) == 3:
         return tuple(inputs)
-    raise ValueError(
+    raise SiameseK3Error(
         "SiameseModel expects (anchor, positive, negative): a tuple of three "
         f"batches or a dict with those keys; got {type(inputs).__name__}"
         + (f" of length {len(inputs)}." if isinstance(inputs, (tuple, list)) else ".")
@@ -292,7 +293,7 @@ class SiameseModel(_FastModel):
         own path and defaults.
         """
         if kwargs.get("loss") is not None:
-            raise ValueError(
+            raise SiameseK3Error(
                 "SiameseModel computes its own triplet loss: set margin/distance/soft "
                 "on the model instead of passing loss= to compile()."
             )

@@ -41,6 +41,7 @@ replica, which must divide evenly. What the replicas compute together:
 
 from siamese_k3.backend import distributed
 from siamese_k3.backend.distributed import PeerTimeoutError  # noqa: F401 (raised by DataParallel)
+from siamese_k3.errors import SiameseK3Error
 
 
 class DataParallel:
@@ -79,9 +80,9 @@ class DataParallel:
         return self.engine.scope()
 
     def check_batch_size(self, batch_size, name="batch size"):
-        """Raise ValueError unless the global batch splits evenly over the replicas."""
+        """Raise `SiameseK3Error` unless the global batch splits evenly over the replicas."""
         if batch_size % self.replicas:
-            raise ValueError(
+            raise SiameseK3Error(
                 f"data-parallel training splits each batch over {self.replicas} replicas: a {name} of "
                 f"{batch_size} does not split evenly; use a multiple of {self.replicas}."
             )

@@ -26,17 +26,14 @@ itself is always computed in float32.
 
 import keras
 
-from siamese_k3.errors import SiameseK3Error
+from siamese_k3.checks import check_choice
 
 MODES = (None, "float32", "mixed_bfloat16", "mixed_float16")
 
 
 def check_mode(mode):
-    if mode not in MODES:
-        raise SiameseK3Error(
-            f"Unknown precision {mode!r}: expected None (float32), "
-            '"mixed_bfloat16" or "mixed_float16".'
-        )
+    """The keras policy name of `mode` (None is "float32"); `SiameseK3Error` for any other value."""
+    check_choice(mode, MODES, "mode")
     return "float32" if mode is None else mode
 
 

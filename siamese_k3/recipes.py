@@ -13,6 +13,8 @@ run's config from them. An option given on the command line always wins.
 - pairs:DIR datasets (seeds 003/004) always start from `PAIRS`.
 """
 
+from siamese_k3.checks import check_choice
+
 LABELLED = {
     "default": dict(
         backbone="compact_cnn", backbone_options={}, loss="batch_all", margin=0.2, distance="euclidean",
@@ -35,6 +37,4 @@ def defaults(recipe, pairs):
     """The option values of `recipe` (a name in `LABELLED`), or of `PAIRS` for a pairs:DIR dataset."""
     if pairs:
         return PAIRS
-    if recipe not in LABELLED:
-        raise ValueError(f"Unknown recipe {recipe!r}: expected one of {', '.join(LABELLED)}.")
-    return LABELLED[recipe]
+    return LABELLED[check_choice(recipe, tuple(LABELLED), "recipe")]

@@ -92,7 +92,7 @@ class RunFolder:
     def lock(self, elsewhere=""):
         """`RunLock` on the folder (one writer at a time), after completing a replacement a kill cut short.
 
-        `elsewhere` ends the message when the folder is in use (``", or choose another --out"``).
+        `elsewhere` ends the message when the folder is in use (``", or choose another folder"``).
         """
         scratch, replaced = self.sibling(SCRATCH), self.sibling(REPLACED)
         if not os.path.exists(self.path) and os.path.isdir(replaced) and os.path.isdir(scratch):
@@ -160,16 +160,16 @@ class RunFolder:
         if state == FAILED:
             raise RunFolderError(
                 f"{self.path} holds a failed run ({status.get('message', 'no reason recorded')}): "
-                "train it again with --overwrite."
+                "train it again with overwrite=True."
             )
         if state == UNFINISHED:
             raise RunFolderError(
-                f"{self.path} holds an unfinished run: rerun the same `siamese-k3 train` command to resume and "
-                "finish it (or pass --overwrite to start over)."
+                f"{self.path} holds an unfinished run: train it again with the same options to resume and "
+                "finish it (or pass overwrite=True to start over)."
             )
         if not os.path.isfile(self.file("embedding.keras")):
             raise RunFolderError(
-                f"{self.file('embedding.keras')} is missing: the run did not finish; train it again with the same --out."
+                f"{self.file('embedding.keras')} is missing: the run did not finish; train it again into the same folder."
             )
 
     # ------------------------------------------------------------------ writing
@@ -207,7 +207,7 @@ class RunFolder:
         finished = state == FINISHED or (state is None and os.path.exists(self.file("metrics.json")))
         if finished and not overwrite:
             raise RunFolderError(
-                f"{self.path} holds a finished run: pass --overwrite to replace it, or choose another --out."
+                f"{self.path} holds a finished run: pass overwrite=True to replace it, or choose another folder."
             )
         scratch = RunFolder(self.sibling(SCRATCH))
         if overwrite and self._holds_run() and not (state == UNFINISHED and self._resumable(config)):
@@ -232,7 +232,7 @@ class RunFolder:
             if changed:
                 raise RunFolderError(
                     f"{self.path} holds an unfinished run with other options ({', '.join(changed)}): "
-                    "rerun with the same options to resume it, or pass --overwrite to start over."
+                    "rerun with the same options to resume it, or pass overwrite=True to start over."
                 )
             metadata = _read_checkpoint(self.checkpoint)
         os.makedirs(self.path, exist_ok=True)
@@ -317,15 +317,15 @@ class RunFolder:
             return None
         if unfinished:
             return (
-                f"the run in {self.path} is unfinished; rerun the same `siamese-k3 train` command to resume "
+                f"the run in {self.path} is unfinished; train it again with the same options to resume "
                 "and finish it."
             )
         return None
 
     def _not_whole(self):
         return (
-            f"the run in {self.path} is not whole; rerun its `siamese-k3 train` command with --overwrite to "
-            "train it again (or restore the file from a copy)."
+            f"the run in {self.path} is not whole; train it again with overwrite=True "
+            "(or restore the file from a copy)."
         )
 
 
@@ -363,12 +363,12 @@ def load_model(path):
     import keras
 
     if not os.path.isfile(path):
-        raise RunFolderError(f"{path} is missing: train the run again (same --out) to write it.")
+        raise RunFolderError(f"{path} is missing: train the run again into the same folder to write it.")
     try:
         return keras.models.load_model(path)
     except Exception as error:  # zip, h5 and deserialization errors all mean: this file cannot be used
         detail = " ".join(str(error).split())[:200]
         raise RunFolderError(
             f"{path} cannot be loaded ({detail}): it is damaged or was written by "
-            "other code; rerun the run's `siamese-k3 train` command with --overwrite to write it again."
+            "other code; train the run again with overwrite=True to write it again."
         ) from None

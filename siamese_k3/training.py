@@ -32,6 +32,7 @@ import keras
 from siamese_k3 import backbones, losses, precision, run_evaluation
 from siamese_k3.backend import flush_denormals
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
+from siamese_k3.checks import check_choice
 from siamese_k3.config import TrainConfig
 from siamese_k3.data import CLASS_NAMES, ClassBalancedBatches, PairedImageFolders, TripletBatches, load_dataset
 from siamese_k3.data.image_folders import find_pairs, split_pair_names
@@ -70,7 +71,7 @@ def train_run(config, out=None, overwrite=False, data_parallel=False, collective
         parallel = start_data_parallel(collective_timeout) if data_parallel else None
         chief = parallel is None or parallel.is_chief
         try:
-            with folder.lock(", or choose another --out") if chief else contextlib.nullcontext():
+            with folder.lock(", or choose another folder") if chief else contextlib.nullcontext():
                 return folder, _train_locked(folder, config, overwrite, parallel, verbose, stop.callback)
         finally:
             if parallel is not None:
@@ -84,12 +85,11 @@ def start_data_parallel(collective_timeout):
     except PeerTimeoutError:
         raise
     except (RuntimeError, ValueError) as error:
-        raise SiameseK3Error(f"--data-parallel: {error}") from None
+        raise SiameseK3Error(f"data_parallel=True: {error}") from None
 
 
 def check_backbone_name(name):
-    if name not in backbones.BACKBONES:
-        raise SiameseK3Error(f"--backbone {name!r} is unknown: choose one of {', '.join(sorted(backbones.BACKBONES))}.")
+    check_choice(name, tuple(sorted(backbones.BACKBONES)), "backbone")
 
 
 def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
@@ -196,7 +196,7 @@ def _check_data_parallel(parallel, batch_size):
     try:
         parallel.check_batch_size(batch_size)
     except ValueError as error:
-        raise SiameseK3Error(f"--data-parallel: {error} (set it with --batch-size).") from None
+        raise SiameseK3Error(f"data_parallel=True: {error}") from None
     return parallel.replicas
 
 
@@ -234,9 +234,9 @@ def _pairs_data(config, facts):
         devices = facts.get("data_parallel_devices", 1)  # a batch must split evenly over them
         if held_out < 1 + devices:
             raise SiameseK3Error(
-                f"--validation-split {config.validation_split} holds out {held_out} pair of "
+                f"validation_split={config.validation_split} holds out {held_out} pair of "
                 f"{len(names)} in {directory}: validation needs at least {1 + devices}; "
-                "raise --validation-split or add pairs."
+                "raise the validation split or add pairs."
             )
         options["batch_size"] = min(config.batch_size, held_out - 1) // devices * devices
         # `train` has just verified every image of both subsets (find_pairs checks all pairs before the split).

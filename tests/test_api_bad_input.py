@@ -66,7 +66,7 @@ BAD_INPUT = {
         "unknown training option(s) epoch"),
     "train: a non-integer epochs": (
         lambda root, run, arrays: siamese_k3.train(out=str(root / "new"), epochs=1.5), SiameseK3Error,
-        "must be a positive integer, got 1.5"),
+        "epochs=1.5 must be a positive integer"),
     "Run.open: not a path": (lambda root, run, arrays: Run.open(None), TypeError, "not NoneType"),
     "Run.open: not a run": (lambda root, run, arrays: Run.open(root / "folder"), RunFolderError, "not a run folder"),
     "Run.open: config.json without distance": (
@@ -123,9 +123,9 @@ BAD_INPUT = {
         lambda root, run, arrays: run.images(["fashion_mnist:test:120"]), SiameseK3Error, "has 120 rows"),
     "images: not a path": (lambda root, run, arrays: run.images([3]), TypeError, "not int"),
     "SimilarityIndex: an unknown distance": (
-        lambda root, run, arrays: SimilarityIndex("manhattan"), ValueError, "Unknown distance 'manhattan'"),
+        lambda root, run, arrays: SimilarityIndex("manhattan"), SiameseK3Error, "distance='manhattan' is unknown: choose one of euclidean"),
     "SimilarityIndex: an unknown method": (
-        lambda root, run, arrays: SimilarityIndex(method="lsh"), SiameseK3Error, "Unknown method 'lsh'"),
+        lambda root, run, arrays: SimilarityIndex(method="lsh"), SiameseK3Error, "method='lsh' is unknown: choose one of"),
     "SimilarityIndex: params not a dict": (
         lambda root, run, arrays: SimilarityIndex(params=128), TypeError, "params must be a dict"),
     "SimilarityIndex: params of another method": (
@@ -154,13 +154,13 @@ BAD_INPUT = {
         "precision=1.5 must be a finite number in [0, 1]"),
     "Calibration: an unknown objective": (
         lambda root, run, arrays: Calibration(**full_calibration(objective="accuracy")), SiameseK3Error,
-        "objective='accuracy'"),
+        "objective='accuracy' is unknown: choose one of"),
     "Calibration: an unknown distance": (
         lambda root, run, arrays: Calibration(**full_calibration(distance="manhattan")), ValueError,
-        "Unknown distance 'manhattan'"),
+        "distance='manhattan' is unknown"),
     "Calibration: a negative count": (
         lambda root, run, arrays: Calibration(**full_calibration(num_same=-1)), SiameseK3Error,
-        "num_same must be an integer >= 0"),
+        "num_same=-1 must be an integer >= 0"),
     "Calibration: a ragged curve": (
         lambda root, run, arrays: Calibration(**full_calibration(recalls=[0.2])), SiameseK3Error,
         "four 1-d arrays of one length"),

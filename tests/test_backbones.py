@@ -106,7 +106,7 @@ def test_get_by_name():
         layer.units
         for layer in of_type(backbones.get("mnist_dense", embedding_dim=8), layers.Dense)
     ] == [8, 8]
-    with pytest.raises(ValueError, match="Unknown backbone 'vgg'"):
+    with pytest.raises(ValueError, match="backbone='vgg' is unknown: choose one of"):
         backbones.get("vgg")
 
 

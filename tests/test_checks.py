@@ -1,10 +1,25 @@
-"""siamese_k3.checks: one-line ValueErrors naming the argument, the value and what is expected."""
+"""siamese_k3.checks: one-line `SiameseK3Error`s (ValueErrors) naming the argument, the value and what is expected."""
+
+import re
 
 import keras
 import numpy as np
 import pytest
 
-from siamese_k3.checks import check_labels, check_learning_rate, check_margin
+from siamese_k3.checks import check_choice, check_labels, check_learning_rate, check_margin
+from siamese_k3.errors import SiameseK3Error
+
+
+def test_check_choice_is_the_one_unknown_name_message():
+    assert check_choice("b", ("a", "b"), "kind") == "b" and check_choice(None, (None, "a"), "kind") is None
+    with pytest.raises(SiameseK3Error) as caught:
+        check_choice("z", ("a", "b"), "kind")
+    assert str(caught.value) == "kind='z' is unknown: choose one of a, b."
+    with pytest.raises(SiameseK3Error) as caught:
+        check_choice(3, (None, "a"), "kind", also="or a path")
+    assert str(caught.value) == "kind=3 is unknown: choose one of None, a, or a path."
+    with pytest.raises(SiameseK3Error, match=r"^kind=\['a'\] is unknown"):  # not a name at all
+        check_choice(["a"], ("a",), "kind")
 
 
 @pytest.mark.parametrize("margin", [float("nan"), float("inf"), -1, -1e-9, "0.2", None, True])
@@ -69,7 +84,7 @@ def test_backend_tensors_are_checked_by_dtype_and_static_shape():
 def test_check_integer_refuses_what_is_not_a_whole_number_in_range(value, minimum, maximum):
     from siamese_k3.checks import check_integer
 
-    with pytest.raises(ValueError, match=f"count must be .*, got {value!r}"):
+    with pytest.raises(SiameseK3Error, match=f"^count={re.escape(repr(value))} must be "):
         check_integer(value, "count", minimum, maximum)
 
 

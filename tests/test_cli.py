@@ -275,7 +275,7 @@ def test_mining_loss_needs_labels(tmp_path, capsys):
     code = cli.main(["train", "--dataset", f"pairs:{folders}", "--out", str(tmp_path / "r"),
                      "--loss", "semi_hard"])
     assert code == 1
-    assert "--loss triplet" in capsys.readouterr().err
+    assert "use --loss 'triplet'" in capsys.readouterr().err
 
 
 def test_backend_that_is_not_installed_is_one_clear_line(tmp_path, capsys):

@@ -45,31 +45,40 @@ def test_train_batch_size_is_p_times_k_for_mining_losses():
 
 
 @pytest.mark.parametrize(
-    "options, fragment",
+    "options, fragment, on_the_command_line",
     [
-        ({"seed": -1}, "--seed must be an integer from 0 to 2**32 - 1, got -1"),
-        ({"seed": 2**32}, "--seed must be an integer from 0 to 2**32 - 1, got 4294967296"),
-        ({"epochs": 0}, "--epochs must be a positive integer, got 0"),
-        ({"batch_size": 7, "classes_per_batch": 4}, "--batch-size 7 with --classes-per-batch 4 leaves fewer than 2"),
-        ({"dataset": "cifar"}, "--dataset 'cifar' is unknown"),
-        ({"recipe": "fast"}, "--recipe 'fast' is unknown"),
-        ({"loss": "quadruplet"}, "--loss 'quadruplet' is unknown"),
-        ({"distance": "manhattan"}, "--distance 'manhattan' is unknown"),
-        ({"margin": float("nan")}, "not a valid margin"),
-        ({"learning_rate": 0.0}, "not a valid learning rate"),
-        ({"validation_split": 1.5}, "--validation-split 1.5 must lie strictly between 0 and 1"),
-        ({"mixed_precision": "fp8"}, "--mixed-precision 'fp8' is unknown"),
-        ({"dataset": "pairs:/x", "loss": "semi_hard"}, "use --loss triplet"),
-        ({"data_dir": "/no/such/folder"}, "--data-dir /no/such/folder is not a folder"),
-        ({"epochs": 2.5}, "--epochs must be a positive integer, got 2.5"),
+        ({"seed": -1}, "seed=-1 must be an integer from 0 to 2**32 - 1", "--seed -1 must be"),
+        ({"seed": 2**32}, "seed=4294967296 must be an integer from 0 to 2**32 - 1", "--seed 4294967296 must be"),
+        ({"epochs": 0}, "epochs=0 must be a positive integer", "--epochs 0 must be a positive integer"),
+        ({"batch_size": 7, "classes_per_batch": 4}, "batch_size=7 with classes_per_batch=4 leaves fewer than 2",
+         "--batch-size 7 with --classes-per-batch 4 leaves fewer than 2"),
+        ({"dataset": "cifar"}, "dataset='cifar' is unknown: choose one of fashion_mnist, mnist, or pairs:DIR",
+         "--dataset 'cifar' is unknown"),
+        ({"recipe": "fast"}, "recipe='fast' is unknown: choose one of default, strong", "--recipe 'fast' is unknown"),
+        ({"loss": "quadruplet"}, "loss='quadruplet' is unknown: choose one of", "--loss 'quadruplet' is unknown"),
+        ({"distance": "manhattan"}, "distance='manhattan' is unknown", "--distance 'manhattan' is unknown"),
+        ({"margin": float("nan")}, "margin=nan is not a valid margin", "--margin nan is not a valid margin"),
+        ({"learning_rate": 0.0}, "learning_rate=0.0 is not a valid learning rate", "--learning-rate 0.0 is not"),
+        ({"validation_split": 1.5}, "validation_split=1.5 must lie strictly between 0 and 1",
+         "--validation-split 1.5 must lie"),
+        ({"mixed_precision": "fp8"}, "mixed_precision='fp8' is unknown: choose one of None, mixed_bfloat16",
+         "--mixed-precision 'fp8' is unknown"),
+        ({"dataset": "pairs:/x", "loss": "semi_hard"}, "use loss='triplet'", "use --loss 'triplet'"),
+        ({"data_dir": "/no/such/folder"}, "data_dir='/no/such/folder' is not a folder",
+         "--data-dir '/no/such/folder' is not a folder"),
+        ({"epochs": 2.5}, "epochs=2.5 must be a positive integer", "--epochs 2.5 must be"),
     ],
 )
-def test_a_bad_option_is_a_value_error_naming_it(options, fragment):
+def test_a_bad_option_is_a_value_error_naming_it(options, fragment, on_the_command_line):
+    """The library names the parameter (an API user reads `loss=`); the CLI spells it as its flag (`--loss`)."""
+    from siamese_k3.cli import as_flags
+
     with pytest.raises(SiameseK3Error, match=None) as caught:
         TrainConfig.from_recipe(**options)
     assert isinstance(caught.value, ValueError)
     assert fragment in str(caught.value)
-    assert "\n" not in str(caught.value)
+    assert "\n" not in str(caught.value) and "--" not in str(caught.value)
+    assert on_the_command_line in as_flags(str(caught.value))
 
 
 def test_an_unknown_field_is_named():

@@ -208,7 +208,7 @@ def test_a_data_dir_without_the_dataset_is_an_error_not_a_fall_back(isolated):
     with pytest.raises(DatasetNotFoundError) as caught:
         load_dataset("fashion_mnist", data_dir=isolated / "mine", download=False)
     message = str(caught.value)
-    assert f"--data-dir {isolated / 'mine'} holds no fashion_mnist dataset" in message
+    assert f"data_dir={str(isolated / 'mine')!r} holds no fashion_mnist dataset" in message
     assert str(isolated / "debian") not in message and "\n" not in message
 
 
@@ -235,7 +235,7 @@ def test_not_found_lists_every_place(isolated, monkeypatch):
     ]:
         assert str(place) + " (" in message
     assert "does not exist" in message and "download=False" in message
-    for advice in ["apt-get install dataset-fashion-mnist", "--data-dir", "SIAMESE_K3_DATA", "train-images-idx3-ubyte"]:
+    for advice in ["apt-get install dataset-fashion-mnist", "data_dir=DIR", "SIAMESE_K3_DATA", "train-images-idx3-ubyte"]:
         assert advice in message
     assert "\n" not in message
 

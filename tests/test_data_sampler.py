@@ -191,9 +191,9 @@ def test_pydataset_options_pass_through(dataset):
         ({"samples_per_class": 1}, "use samples_per_class >= 2"),
         ({"labels": np.zeros(3)}, "x has 75 items but labels has 3: pass one label per item of x"),
         ({"labels": np.zeros((75, 2))}, "shape \\[N\\] or \\[N, 1\\]"),
-        ({"steps_per_epoch": 0}, "steps_per_epoch must be a positive integer, got 0"),
-        ({"initial_epoch": -1}, "initial_epoch must be an integer >= 0, got -1"),
-        ({"initial_epoch": 1.5}, "initial_epoch must be an integer >= 0, got 1.5"),
+        ({"steps_per_epoch": 0}, "steps_per_epoch=0 must be a positive integer"),
+        ({"initial_epoch": -1}, "initial_epoch=-1 must be an integer >= 0"),
+        ({"initial_epoch": 1.5}, "initial_epoch=1.5 must be an integer >= 0"),
     ],
 )
 def test_errors_say_what_to_do(dataset, arguments, message):

@@ -137,9 +137,9 @@ def test_integer_inputs_give_float32():
 
 
 def test_unknown_distance_is_rejected():
-    with pytest.raises(ValueError, match="Unknown distance 'manhattan'"):
+    with pytest.raises(ValueError, match="distance='manhattan' is unknown"):
         paired_distance([[0.0]], [[1.0]], "manhattan")
-    with pytest.raises(ValueError, match="expected one of"):
+    with pytest.raises(ValueError, match="distance='l1' is unknown: choose one of euclidean, squared_euclidean, cosine"):
         pairwise_distance([[0.0]], distance="l1")
 
 

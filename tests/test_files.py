@@ -97,5 +97,5 @@ def test_run_lock_on_a_file_is_one_line_offering_the_given_way_out(tmp_path):
 
     (tmp_path / "file").write_text("")
     with pytest.raises(RunFolderError) as caught:
-        RunLock(tmp_path / "file", ", or choose another --out").__enter__()
-    assert str(caught.value) == f"cannot use {tmp_path / 'file'} as a run folder (File exists), or choose another --out."
+        RunLock(tmp_path / "file", ", or choose another folder").__enter__()
+    assert str(caught.value) == f"cannot use {tmp_path / 'file'} as a run folder (File exists), or choose another folder."

@@ -219,7 +219,7 @@ def test_user_errors_name_the_argument():
         index.search(np.full((1, 3), np.nan), 1)
     with pytest.raises(ValueError, match="manhattan"):
         SimilarityIndex("manhattan")
-    with pytest.raises(ValueError, match="method 'kd_tree'"):
+    with pytest.raises(ValueError, match="method='kd_tree' is unknown: choose one of"):
         SimilarityIndex(method="kd_tree")
     with pytest.raises(ValueError, match="ef_search"):
         SimilarityIndex(params={"ef_search": 10})

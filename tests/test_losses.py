@@ -339,9 +339,9 @@ def test_triplet_loss_gradient_is_finite_at_zero_distance(rng):
 
 
 def test_unknown_distance_is_rejected():
-    with pytest.raises(ValueError, match="Unknown distance"):
+    with pytest.raises(ValueError, match="distance='.*' is unknown"):
         batch_hard_triplet_loss([0, 1], [[0.0], [1.0]], distance="l1")
-    with pytest.raises(ValueError, match="Unknown distance"):
+    with pytest.raises(ValueError, match="distance='.*' is unknown"):
         TripletSemiHardLoss(distance="l1")
 
 
@@ -398,7 +398,7 @@ def test_loss_config_round_trip(loss):
 def test_get_by_name():
     assert isinstance(get("semi_hard", margin=0.2), TripletSemiHardLoss)
     assert get("batch_hard", soft=True).options["soft"] is True
-    with pytest.raises(ValueError, match="Unknown mining loss"):
+    with pytest.raises(ValueError, match="loss='.*' is unknown: choose one of semi_hard"):
         get("hardest")
 
 

@@ -236,7 +236,7 @@ def test_compile_rejects_a_loss():
 def test_constructor_checks_its_arguments():
     with pytest.raises(TypeError, match="backbone must be a keras.Model"):
         SiameseModel(keras.layers.Dense(4))
-    with pytest.raises(ValueError, match="Unknown distance"):
+    with pytest.raises(ValueError, match="distance='.*' is unknown"):
         SiameseModel(dense_backbone(), distance="manhattan")
 
 

@@ -12,7 +12,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "siamese_k3"
 # Each module may import only modules of a strictly lower layer (and backend/, data/ as noted).
 LAYERS = [
     ("errors",),
-    ("files", "checks", "recipes"),
+    ("files", "checks"),
+    ("recipes",),
     ("config", "precision", "index"),
     ("distances", "evaluation"),
     ("losses", "backbones", "plots"),
@@ -58,3 +59,30 @@ def test_only_the_cli_prints(path):
     calls = [node for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "print"]
     assert calls == [], f"{path.stem} prints on line {calls[0].lineno if calls else ''}: use the siamese_k3 logger"
+
+
+EVERY_MODULE = sorted(PACKAGE.rglob("*.py"))
+
+
+def _module_id(path):
+    return str(path.relative_to(PACKAGE).with_suffix(""))
+
+
+@pytest.mark.parametrize("path", EVERY_MODULE, ids=_module_id)
+def test_every_exception_class_lives_in_errors(path):
+    """The error contract (siamese_k3/errors.py): one module holds every exception the library defines."""
+    if path == PACKAGE / "errors.py":
+        return
+    classes = [node for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.ClassDef)
+               and any(getattr(base, "id", getattr(base, "attr", "")).endswith(("Error", "Exception", "Interrupt"))
+                       for base in node.bases)]
+    assert classes == [], f"{_module_id(path)} defines {[c.name for c in classes]}: define exceptions in errors.py"
+
+
+@pytest.mark.parametrize("path", EVERY_MODULE, ids=_module_id)
+def test_bad_input_raises_the_library_s_own_errors(path):
+    """No plain `raise ValueError(...)`: bad input is a `SiameseK3Error` (a ValueError), whose message the CLI
+    prints in one line with flags for parameters; `TypeError` stays for arguments of the wrong Python type."""
+    raised = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Raise)
+              and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) == "ValueError"]
+    assert raised == [], f"{_module_id(path)} raises a plain ValueError on line(s) {raised}: raise SiameseK3Error"

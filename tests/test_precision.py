@@ -76,5 +76,5 @@ def test_set_precision_none_restores_float32():
 def test_unknown_mode():
     with pytest.raises(SiameseK3Error, match="'float16'.*mixed_float16"):
         set_precision("float16")
-    with pytest.raises(SiameseK3Error, match="Unknown precision"):
+    with pytest.raises(SiameseK3Error, match="mode='.*' is unknown: choose one of None, float32"):
         wrap_optimizer("adam", "half")

@@ -27,7 +27,7 @@ def test_the_default_recipe_is_the_main_job():
 
 
 def test_an_unknown_recipe_is_refused():
-    with pytest.raises(ValueError, match="Unknown recipe 'best'"):
+    with pytest.raises(ValueError, match="recipe='best' is unknown: choose one of default"):
         recipes.defaults("best", pairs=False)
 
 

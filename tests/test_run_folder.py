@@ -18,7 +18,7 @@ def test_a_damaged_json_file_is_named_with_what_to_do(tmp_path):
     with pytest.raises(RunFolderError) as caught:
         RunFolder(tmp_path).config()
     message = str(caught.value)
-    assert f"{tmp_path / 'config.json'} is damaged (Expecting value" in message and "--overwrite" in message
+    assert f"{tmp_path / 'config.json'} is damaged (Expecting value" in message and "overwrite=True" in message
     assert "JSONDecodeError" not in message  # issue 31 #4: no exception class names in messages
     assert "\n" not in message
 
@@ -35,7 +35,7 @@ def test_prepare_refuses_a_finished_run_and_overwrite_replaces_it_only_once_the_
     for name in ("config.json", "metrics.json"):
         (tmp_path / "run" / name).write_text("{}")
     (tmp_path / "run" / "status.json").write_text(json.dumps({"state": "finished"}))
-    with pytest.raises(RunFolderError, match="holds a finished run: pass --overwrite"):
+    with pytest.raises(RunFolderError, match="holds a finished run: pass overwrite=True"):
         with folder.prepare(TrainConfig(), overwrite=False):
             pass
     assert (tmp_path / "run" / "metrics.json").exists()
@@ -146,7 +146,7 @@ def test_a_damaged_checkpoint_is_refused_naming_the_file(damage, tmp_path):
         named.unlink()
     with pytest.raises(RunFolderError) as caught:
         RunCheckpoint.read(tmp_path)
-    assert str(named) in str(caught.value) and "--overwrite" in str(caught.value)
+    assert str(named) in str(caught.value) and "overwrite=True" in str(caught.value)
 
 
 def test_a_truncated_weights_file_is_refused_when_loaded(tmp_path):

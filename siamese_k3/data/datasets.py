@@ -28,7 +28,8 @@ import zlib
 
 import numpy as np
 
-from siamese_k3.errors import SiameseK3Error
+from siamese_k3.checks import check_choice
+from siamese_k3.errors import DatasetFormatError, DatasetNotFoundError, SiameseK3Error
 
 logger = logging.getLogger(__name__)
 
@@ -63,14 +64,6 @@ IDX_DTYPES = {
     0x0E: np.dtype(">f8"),
 }
 GZIP_MAGIC = b"\x1f\x8b"
-
-
-class DatasetNotFoundError(SiameseK3Error):
-    """No place holds the dataset; the message lists where we looked and how to provide it."""
-
-
-class DatasetFormatError(SiameseK3Error):
-    """A dataset file is corrupt, truncated or of the wrong kind; the message names it."""
 
 
 def read_idx(path):
@@ -189,9 +182,9 @@ def load_dataset(name, data_dir=None, download=True):
         looked.append(f"{directory} ({reason})")
     if data_dir is not None:
         raise DatasetNotFoundError(
-            f"--data-dir {os.fspath(data_dir)} holds no {name} dataset: looked in {'; '.join(looked)}. "
+            f"data_dir={os.fspath(data_dir)!r} holds no {name} dataset: looked in {'; '.join(looked)}. "
             f"Put the {name} files there ({', '.join(IDX_FILES.values())}, .gz or not, or {name}.npz), "
-            "or leave --data-dir out to use the installed copy."
+            "or leave data_dir out to use the installed copy."
         )
     if download:
         data, reason = _download(name)
@@ -206,7 +199,7 @@ def load_dataset(name, data_dir=None, download=True):
 def _check_name(name):
     key = str(name).lower().replace("-", "_")
     if key not in CLASS_NAMES:
-        raise SiameseK3Error(f"Unknown dataset {name!r}: expected one of {', '.join(DATASETS)}.")
+        check_choice(name, DATASETS, "dataset")
     return key
 
 
@@ -313,7 +306,7 @@ def _not_found_message(name, looked):
         ways.append(f"install the Debian package (apt-get install {DEBIAN_PACKAGES[name]})")
     ways.append(
         f"put {files} (gzipped or not) or {FOLDER_NAMES[name][0]}.npz in a directory and pass "
-        f"it as --data-dir (data_dir=...) or set {DATA_ENV} to it"
+        f"it as data_dir=DIR or set {DATA_ENV} to it"
     )
     ways.append("or allow the keras.datasets download (download=True, network access)")
     return (

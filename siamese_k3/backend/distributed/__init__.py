@@ -31,6 +31,7 @@ import contextlib
 import keras
 
 from siamese_k3.backend.distributed.rendezvous import PeerTimeoutError  # noqa: F401 (raised by start)
+from siamese_k3.errors import SiameseK3Error
 
 _CURRENT = None
 
@@ -49,7 +50,7 @@ def start(timeout_seconds=600):
     elif backend == "torch":
         from siamese_k3.backend.distributed.torch_engine import TorchEngine as Engine
     else:
-        raise ValueError(f"data-parallel training is not available on the {backend} backend.")
+        raise SiameseK3Error(f"data-parallel training is not available on the {backend} backend.")
     if _CURRENT is None or _CURRENT.backend != backend:
         _CURRENT = Engine(timeout_seconds=timeout_seconds)
     return _CURRENT

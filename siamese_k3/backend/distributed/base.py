@@ -5,6 +5,8 @@ import contextlib
 import keras
 import numpy as np
 
+from siamese_k3.errors import SiameseK3Error
+
 
 def split_rows(batch, part, parts):
     """Rows [part·n/parts, (part+1)·n/parts) of every array in the (nested) batch."""
@@ -12,7 +14,7 @@ def split_rows(batch, part, parts):
     def rows(array):
         count = len(array)
         if count % parts:
-            raise ValueError(
+            raise SiameseK3Error(
                 f"a batch of {count} rows does not split evenly over {parts} replicas: "
                 f"use a batch size that is a multiple of {parts}."
             )

@@ -25,6 +25,7 @@ import keras
 
 from siamese_k3.backend import distributed
 from siamese_k3.backend.torch import forward
+from siamese_k3.errors import SiameseK3Error
 
 
 def can_step_directly(model):
@@ -255,7 +256,7 @@ def _torch_adam_class():
 def check_not_data_parallel(model):
     """Raise when torch data-parallel training would take keras' own step, which does not average gradients."""
     if data_parallel_engine() is not None:
-        raise ValueError(
+        raise SiameseK3Error(
             f"data-parallel training on torch averages the gradients in siamese_k3's own train step, which "
             f"{type(model).__name__} cannot take here (a custom compute_metrics, a non-float32 loss "
             "tracker, jit_compile or mixed precision): compile without them."
