@@ -67,7 +67,8 @@ PARALLEL_TESTS = ("-n", WORKERS, "--dist", "load")
 # and canaries, the backend modules' own tests and the models'.
 FAST_PATH_SUITE = (
     "tests/test_conformance.py", "tests/test_keras_internals.py", "tests/test_backend_fast_path.py",
-    "tests/test_backend_torch_steps.py", "tests/test_backend_torch_forward.py", "tests/test_backend_torch_kernels.py",
+    "tests/test_backend_torch_steps.py", "tests/test_backend_torch_adam.py", "tests/test_backend_torch_forward.py",
+    "tests/test_backend_torch_kernels.py",
     "tests/test_backend_tensorflow_arrays.py", "tests/test_models.py",
 )
 DURATIONS = ("--durations", "15")  # the slowest tests of each pytest call, printed at its end
@@ -125,6 +126,11 @@ def _pip_find_links():
 
 if "UV_FIND_LINKS" not in os.environ and (_FIND_LINKS := _pip_find_links()):
     os.environ["UV_FIND_LINKS"] = _FIND_LINKS
+# pip compiles every installed module to bytecode; uv does not unless asked. Where the environment sets
+# PYTHONDONTWRITEBYTECODE (this CI machine does), no process would ever cache its imports, and every
+# process a test starts would compile keras and its backend from source again: the jax session's
+# process-starting tests took 40% longer that way.
+os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 
 def install_isolated(session, backend, constraints):

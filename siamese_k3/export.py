@@ -11,6 +11,7 @@ import logging
 import keras
 import numpy as np
 
+from siamese_k3.backend.exporters import EXPORT_REQUIREMENTS, export_caveat
 from siamese_k3.checks import check_choice
 from siamese_k3.errors import SiameseK3Error
 
@@ -18,17 +19,6 @@ logger = logging.getLogger("siamese_k3")
 
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx"}
 EXPORT_NAMES = {"savedmodel": "embedding_savedmodel", "onnx": "embedding.onnx"}
-# What keras' Model.export needs besides the backend, as (module, pip package):
-# SavedModel goes through TensorFlow (jax2tf on JAX, torch_xla's StableHLO on
-# PyTorch); ONNX through tf2onnx, jax2onnx or torch.onnx, which all write with onnx.
-EXPORT_REQUIREMENTS = {
-    ("savedmodel", "jax"): (("tensorflow", "tensorflow-cpu"),),
-    ("savedmodel", "tensorflow"): (),
-    ("savedmodel", "torch"): (("tensorflow", "tensorflow-cpu"), ("torch_xla", "torch-xla")),
-    ("onnx", "jax"): (("onnx", "onnx"), ("jax2onnx", "jax2onnx")),
-    ("onnx", "tensorflow"): (("onnx", "onnx"), ("tf2onnx", "tf2onnx")),
-    ("onnx", "torch"): (("onnx", "onnx"),),
-}
 
 
 def export_model(model, input_shape, export_format, output):
@@ -37,19 +27,11 @@ def export_model(model, input_shape, export_format, output):
     backend = keras.backend.backend()
     check_export_requirements(export_format, backend)
     model(np.zeros((1, *input_shape), "float32"), training=False)  # the torch exporter wants a called model
-    if export_format == "onnx" and backend == "jax" and _has_max_pooling(model):
-        logger.warning(
-            "on jax, ONNX export (jax2onnx) writes max pooling as a MaxPool over 4 spatial axes, which "
-            "onnxruntime cannot run; for onnxruntime export with --backend tensorflow or --backend torch "
-            "(embedding.keras loads on any backend)."
-        )
+    caveat = export_caveat(model, export_format, backend)
+    if caveat:
+        logger.warning(caveat)
     model.export(output, format=EXPORT_FORMATS[export_format], verbose=False)
     return output
-
-
-def _has_max_pooling(model):
-    pooling = (keras.layers.MaxPooling1D, keras.layers.MaxPooling2D, keras.layers.MaxPooling3D)
-    return any(isinstance(layer, pooling) for layer in model._flatten_layers())
 
 
 def check_export_requirements(export_format, backend):

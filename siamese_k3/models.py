@@ -118,28 +118,50 @@ class _FastModel(keras.Model):
             return step(self, *args)
         return distributed.replica_logs(super().test_step(*args))
 
-    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, *args, **kwargs):
+    # fit, evaluate and predict take keras' own parameters, by name and with keras' defaults
+    # (tests/test_keras_internals.py checks they still are keras'), and hand every one on by name.
+    # Subclasses adapt their inputs in `_fit_arguments` and `_targets`, not by overriding these.
+    def fit(self, x=None, y=None, batch_size=None, epochs=1, verbose="auto", callbacks=None, validation_split=0.0,
+            validation_data=None, shuffle=True, class_weight=None, sample_weight=None, initial_epoch=0,
+            steps_per_epoch=None, validation_steps=None, validation_batch_size=None, validation_freq=1):
+        options = dict(
+            batch_size=batch_size, epochs=epochs, verbose=verbose, callbacks=callbacks,
+            validation_split=validation_split, validation_data=validation_data, shuffle=shuffle,
+            class_weight=class_weight, sample_weight=sample_weight, initial_epoch=initial_epoch,
+            steps_per_epoch=steps_per_epoch, validation_steps=validation_steps,
+            validation_batch_size=validation_batch_size, validation_freq=validation_freq,
+        )
+        x, y, options = self._fit_arguments(x, y, options)
         path = self._training_path()
-        with path.execution_scope(self, callbacks):
-            if not args:
-                callbacks = path.callbacks(self, x, callbacks, verbose, epochs, kwargs.get("steps_per_epoch"))
-            return super().fit(x, y, batch_size, epochs, verbose, callbacks, *args, **kwargs)
+        with path.execution_scope(self, options["callbacks"]):
+            options["callbacks"] = path.callbacks(
+                self, x, options["callbacks"], options["verbose"], options["epochs"], options["steps_per_epoch"]
+            )
+            return super().fit(x=x, y=y, **options)
 
-    def evaluate(self, *args, **kwargs):
-        callbacks = kwargs.get("callbacks", args[6] if len(args) > 6 else None)  # keras' 7th parameter
+    def evaluate(self, x=None, y=None, batch_size=None, verbose="auto", sample_weight=None, steps=None,
+                 callbacks=None, return_dict=False, **kwargs):
+        y = self._targets(x, y, sample_weight)
         with self._training_path().execution_scope(self, callbacks):
-            if len(args) <= 6:  # the progress bar counts at most the steps there are
-                verbose = kwargs.get("verbose", args[3] if len(args) > 3 else "auto")
-                kwargs["callbacks"] = progress_bar_callbacks(self, callbacks, verbose, history=False)
-            return super().evaluate(*args, **kwargs)
+            # the progress bar counts at most the steps there are
+            callbacks = progress_bar_callbacks(self, callbacks, verbose, history=False)
+            return super().evaluate(
+                x=x, y=y, batch_size=batch_size, verbose=verbose, sample_weight=sample_weight, steps=steps,
+                callbacks=callbacks, return_dict=return_dict, **kwargs,  # keras' own: _use_cached_eval_dataset
+            )
 
-    def predict(self, *args, **kwargs):
-        callbacks = kwargs.get("callbacks", args[4] if len(args) > 4 else None)  # keras' 5th parameter
+    def predict(self, x, batch_size=None, verbose="auto", steps=None, callbacks=None):
         with self._training_path().execution_scope(self, callbacks):
-            if len(args) <= 4:
-                verbose = kwargs.get("verbose", args[2] if len(args) > 2 else "auto")
-                kwargs["callbacks"] = progress_bar_callbacks(self, callbacks, verbose, history=False)
-            return super().predict(*args, **kwargs)
+            callbacks = progress_bar_callbacks(self, callbacks, verbose, history=False)
+            return super().predict(x, batch_size=batch_size, verbose=verbose, steps=steps, callbacks=callbacks)
+
+    def _targets(self, x, y, sample_weight):
+        """The `y` keras gets for `x` (fit and evaluate): `y` itself here."""
+        return y
+
+    def _fit_arguments(self, x, y, options):
+        """(x, y, options) for keras' fit: the targets, then in-memory arrays as the fast path's batches."""
+        return x, self._targets(x, y, options["sample_weight"]), options
 
     def _fit_input(self, x, y, fit_kwargs):
         """(x, y, fit_kwargs) with in-memory arrays as the fast path's batches (keras' own, delivered faster)."""
@@ -274,15 +296,14 @@ class SiameseModel(_FastModel):
         scale = distributed.loss_scale()
         return loss if scale == 1.0 else loss * scale
 
-    def fit(self, x=None, y=None, *args, sample_weight=None, **kwargs):
-        y = _carrier_targets(x, y, sample_weight)
-        if y is None and sample_weight is None and not args:
-            x, y, kwargs = self._fit_input(x, None, kwargs)
-        return super().fit(x, y, *args, sample_weight=sample_weight, **kwargs)
+    def _targets(self, x, y, sample_weight):
+        return _carrier_targets(x, y, sample_weight)
 
-    def evaluate(self, x=None, y=None, *args, sample_weight=None, **kwargs):
-        y = _carrier_targets(x, y, sample_weight)
-        return super().evaluate(x, y, *args, sample_weight=sample_weight, **kwargs)
+    def _fit_arguments(self, x, y, options):
+        y = self._targets(x, y, options["sample_weight"])
+        if y is None and options["sample_weight"] is None:
+            return self._fit_input(x, None, options)
+        return x, y, options
 
     def compile(self, optimizer="adam", **kwargs):
         """`keras.Model.compile` with Adam and the backend's fastest settings as defaults.
@@ -347,7 +368,7 @@ class MiningModel(_FastModel):
             loss = TripletSemiHardLoss()
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        if y is not None and not args and kwargs.get("sample_weight") is None:
-            x, y, kwargs = self._fit_input(x, y, kwargs)
-        return super().fit(x, y, *args, **kwargs)
+    def _fit_arguments(self, x, y, options):
+        if y is not None and options["sample_weight"] is None:
+            return self._fit_input(x, y, options)
+        return x, y, options

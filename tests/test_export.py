@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from siamese_k3 import cli
+from siamese_k3.backend.exporters import EXPORT_REQUIREMENTS
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.export import EXPORT_REQUIREMENTS, check_export_requirements
+from siamese_k3.export import check_export_requirements
 
 BACKEND = keras.backend.backend()
 

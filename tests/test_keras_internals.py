@@ -67,7 +67,7 @@ def test_autocast_scope_is_none_outside_any_scope():
 
 @torch_only
 def test_torch_adam_class_is_what_adam_makes():
-    from keras.src.backend.torch.optimizers.torch_adam import Adam  # torch/steps.py
+    from keras.src.backend.torch.optimizers.torch_adam import Adam  # torch/adam.py
 
     assert type(keras.optimizers.Adam()) is Adam
 
@@ -134,7 +134,7 @@ def test_remat_mode_attribute():
 
 
 def test_optimizer_slot_internals():
-    """torch/steps.py `_adam_tensors`: `_momentums`, `_velocities`, `_trainable_variables(_indices)`, `_var_key`, `_get_variable_index`."""
+    """torch/adam.py `adam_tensors`: `_momentums`, `_velocities`, `_trainable_variables(_indices)`, `_var_key`, `_get_variable_index`."""
     model = _compiled()
     optimizer = model.optimizer
     variables = model.trainable_weights
@@ -158,6 +158,21 @@ def test_maybe_symbolic_build_signature():
     """models.py overrides `_maybe_symbolic_build(iterator=None, data_batch=None)` (keras' TensorFlow trainer) for data-parallel builds."""
     parameters = inspect.signature(keras.Model._maybe_symbolic_build).parameters
     assert list(parameters)[1:] == ["iterator", "data_batch"]
+
+
+@pytest.mark.parametrize("model", ["MiningModel", "SiameseModel"])
+@pytest.mark.parametrize("method", ["fit", "evaluate", "predict"])
+def test_fit_evaluate_and_predict_take_keras_own_parameters(model, method):
+    """models.py's `_FastModel` overrides fit, evaluate and predict with keras' parameters, by name, in order,
+    with keras' defaults, and hands each one on by name: a keras that adds, renames or reorders one fails here."""
+
+    def parameters(function):
+        return [(name, parameter.kind, parameter.default)
+                for name, parameter in inspect.signature(function).parameters.items()]
+
+    from siamese_k3 import models
+
+    assert parameters(getattr(getattr(models, model), method)) == parameters(getattr(keras.Model, method))
 
 
 def test_direct_layer_names_exist():
@@ -185,16 +200,16 @@ def test_kernel_config_keys_are_known():
 
 
 def test_adam_config_keys_are_known():
-    """torch/steps.py `plain_adam`: keras' Adam configuration holds exactly the keys it checks."""
-    from siamese_k3.backend.torch import steps
+    """torch/adam.py `plain_adam`: keras' Adam configuration holds exactly the keys it checks."""
+    from siamese_k3.backend.torch import adam
 
     keys = set(keras.optimizers.Adam().get_config())
-    assert keys == set(steps.PLAIN_ADAM_CONFIG) | steps._ADAM_FREE_KEYS
+    assert keys == set(adam.PLAIN_ADAM_CONFIG) | adam._ADAM_FREE_KEYS
 
 
 @torch_only
 def test_torch_foreach_ops():
-    """torch/steps.py `_adam_update`: torch's (private) multi-tensor `_foreach_*` ops."""
+    """torch/adam.py `_adam_update`: torch's (private) multi-tensor `_foreach_*` ops."""
     import torch
 
     for name in ("_foreach_mul_", "_foreach_add_", "_foreach_mul", "_foreach_div", "_foreach_add", "_foreach_sqrt"):

@@ -86,3 +86,13 @@ def test_bad_input_raises_the_library_s_own_errors(path):
     raised = [node.lineno for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Raise)
               and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) == "ValueError"]
     assert raised == [], f"{_module_id(path)} raises a plain ValueError on line(s) {raised}: raise SiameseK3Error"
+
+
+@pytest.mark.parametrize("path", [path for path in EVERY_MODULE if "backend" not in path.relative_to(PACKAGE).parts],
+                         ids=_module_id)
+def test_no_module_outside_backend_names_a_backend(path):
+    """What differs by backend lives in siamese_k3/backend/: elsewhere no code compares with or keys on a backend's name."""
+    names = {"jax", "tensorflow", "torch"}
+    found = [node.lineno for node in ast.walk(ast.parse(path.read_text()))
+             if isinstance(node, ast.Constant) and node.value in names]
+    assert found == [], f"{_module_id(path)} names a backend on line(s) {found}: ask siamese_k3.backend instead"

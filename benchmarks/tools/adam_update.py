@@ -39,7 +39,7 @@ def main(argv=None):
 
     from benchmarks import measure
     from benchmarks import workload as wl
-    from siamese_k3.backend.torch import steps
+    from siamese_k3.backend.torch import adam
 
     if keras.backend.backend() != "torch":
         sys.exit("KERAS_BACKEND=torch: this compares torch's own Adam")
@@ -52,11 +52,11 @@ def main(argv=None):
         gradients = [torch.randn_like(weight.value) * 1e-3 for weight in weights]
         optimizer = keras.optimizers.Adam()
         optimizer.build(weights)
-        tensors = steps._adam_tensors(optimizer, weights)
+        tensors = adam.adam_tensors(optimizer, weights)
 
         def keras_update():
             with torch.no_grad():
-                steps._adam_update(optimizer, gradients, *tensors)
+                adam._adam_update(optimizer, gradients, *tensors)
 
         cells = [_timed_ms(keras_update, args.updates, args.repeats)]
         for kind in ("foreach", "fused"):
