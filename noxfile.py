@@ -11,16 +11,16 @@
 `tests(backend)` makes one virtualenv and runs, as separate pytest calls in it:
 
 1. the unit tests (`pytest -m "not portability and not distributed and not bench_smoke"`) but
-   those marked ``timed``, on `WORKERS` pytest-xdist workers (one per core); those marked
-   ``backend_independent`` (numpy, files, argument checks) in the torch session only;
+   those marked ``timed``, with the benchmark smoke (``-m bench_smoke``: every benchmark entry
+   point on tiny sizes, each native loop's first loss equal to keras'), on `WORKERS` pytest-xdist
+   workers (one per core); those marked ``backend_independent`` (numpy, files, argument checks)
+   in the torch session only;
 2. one at a time, with nothing else running: the unit tests marked ``timed`` (wall-clock bounds,
    races of real processes) and the distributed runs (``-m distributed``: 2-process data-parallel
    training launched as users launch it, torchrun, jax.distributed, TF_CONFIG, on CPU);
-3. the benchmark smoke (``-m bench_smoke``): every benchmark entry point on tiny sizes, each native
-   loop's first loss equal to keras';
-4. the fast path's suite (`FAST_PATH_SUITE`) on the newest keras release pyproject allows, skipped
+3. the fast path's suite (`FAST_PATH_SUITE`) on the newest keras release pyproject allows, skipped
    (saying so) when that release is the one `constraints.txt` pins, which step 1 already ran;
-5. on jax and torch, the same suite on the oldest keras pyproject allows (`constraints-keras-floor.txt`),
+4. on jax and torch, the same suite on the oldest keras pyproject allows (`constraints-keras-floor.txt`),
    with keras downgraded in this venv, then back to the pins.
 
 `keras_floor(backend)` runs that suite in its own virtualenv; the default `nox` runs it for
@@ -148,7 +148,8 @@ def install_isolated(session, backend, constraints):
 
 def pytest(session, backend, *arguments):
     # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
-    env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location), **compute_threads(backend)}
+    env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location), **compute_threads(backend),
+           **quick_compiles(backend)}
     _CALLS[session.name] = _CALLS.get(session.name, 0) + 1  # every test's time, for a closer look than DURATIONS
     report = os.path.join(session.virtualenv.location, f"pytest-{_CALLS[session.name]}.xml")
     session.run("python", "-m", "pytest", *DURATIONS, f"--junitxml={report}", *arguments, env=env)
@@ -174,6 +175,23 @@ def compute_threads(backend, workers=WORKERS):
         return {}
     threads = str(max(1, (os.cpu_count() or 1) // max(1, int(workers))))
     return {name: os.environ.get(name, threads) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def quick_compiles(backend):
+    """Environment in which XLA compiles the jax tests' programs with LLVM's optimizations off.
+
+    Most of a jax test's time is XLA compiling tiny programs, whose run time is nothing; with
+    ``--xla_backend_optimization_level=0`` tests/test_losses.py and tests/test_backbones.py took 63 s
+    instead of 92 s (AMD EPYC, 2 cores). It changes how XLA generates machine code, not the program
+    (the same HLO, and XLA's CPU backend does no fast-math reassociation at any level), and both sides of
+    every comparison in the tests run under it. TensorFlow's XLA was slower with it (test_conformance.py:
+    101 s against 87 s), so TensorFlow keeps the default. Users' runs and the benchmarks use XLA's
+    default. An XLA_FLAGS that already sets the level is kept.
+    """
+    flags = os.environ.get("XLA_FLAGS", "")
+    if backend != "jax" or "xla_backend_optimization_level" in flags:
+        return {}
+    return {"XLA_FLAGS": " ".join(filter(None, [flags, "--xla_backend_optimization_level=0"]))}
 
 
 def compilation_cache(venv):
@@ -243,10 +261,10 @@ def tests(session, backend):
     if session.posargs:
         pytest(session, backend, "-m", unit, *session.posargs)
         return
-    pytest(session, backend, "-m", f"({unit}) and not timed", *PARALLEL)
+    # the unit tests and the benchmark smoke, on the xdist workers (one collection, no idle worker between them)
+    pytest(session, backend, "-m", f"(({unit}) or bench_smoke) and not timed", *PARALLEL)
     # one at a time: the unit tests with wall-clock bounds, and the 2-process runs (each uses both cores)
     pytest(session, backend, "-m", f"(({unit}) and timed) or distributed", "-p", "no:xdist")
-    pytest(session, backend, "-m", "bench_smoke", "tests/test_benchmarks.py", *PARALLEL_TESTS)
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
         session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")

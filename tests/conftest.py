@@ -41,7 +41,7 @@ SPREAD = {
     "test_conformance", "test_losses", "test_backend_tensorflow_arrays", "test_backend_fast_path",
     "test_keras_internals", "test_training_mining", "test_precision", "test_metrics", "test_callbacks",
     "test_backend_torch_steps", "test_backend_torch_adam", "test_backend_torch_forward", "test_backend_torch_kernels",
-    "test_distances",
+    "test_distances", "test_benchmarks",
 }
 
 
