@@ -301,6 +301,11 @@ BACKBONES = {
 }
 
 
+def check_name(name):
+    """`name` if it names one of `BACKBONES`; else `SiameseK3Error` listing them."""
+    return check_choice(name, sorted(BACKBONES), "backbone")
+
+
 def get(name, **kwargs):
     """A backbone by name (see `BACKBONES`), built with `kwargs`."""
-    return BACKBONES[check_choice(name, tuple(sorted(BACKBONES)), "backbone")](**kwargs)
+    return BACKBONES[check_name(name)](**kwargs)

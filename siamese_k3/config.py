@@ -70,7 +70,7 @@ class TrainConfig:
 
     def __post_init__(self):
         _check_dataset(self.dataset)
-        check_choice(self.recipe, tuple(recipes.LABELLED), "recipe")
+        check_choice(self.recipe, recipes.LABELLED, "recipe")
         defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
         given_options = self.backbone_options
         for key, value in defaults.items():

@@ -285,8 +285,8 @@ class SimilarityIndex:
 
     def __init__(self, distance="euclidean", method="exact", engine="auto", params=None, fingerprint=None):
         self.distance = check_distance(distance)
-        self.method = _choice(method, METHODS, "method")
-        self.engine = _resolve_engine(self.method, _choice(engine, ENGINES, "engine"))
+        self.method = check_choice(method, METHODS, "method")
+        self.engine = _resolve_engine(self.method, check_choice(engine, ENGINES, "engine"))
         if params is not None and not isinstance(params, dict):
             raise TypeError(f"params must be a dict such as {{'ef_search': 128}}, not {type(params).__name__}.")
         unknown = sorted(set(params or {}) - set(DEFAULT_PARAMS[self.method]))
@@ -571,10 +571,6 @@ def _build_faiss(vectors, distance, method, params):
 
 
 # --- checks -----------------------------------------------------------------------------
-
-
-def _choice(value, choices, name):
-    return check_choice(value, tuple(choices), name)
 
 
 def _common_float(queries, gallery):

@@ -383,4 +383,4 @@ MINING_LOSSES = {
 
 def get(name, **options):
     """A mining loss by short name (``semi_hard``, ``batch_hard``, ``batch_all``)."""
-    return MINING_LOSSES[check_choice(name, tuple(MINING_LOSSES), "loss")](**options)
+    return MINING_LOSSES[check_choice(name, MINING_LOSSES, "loss")](**options)

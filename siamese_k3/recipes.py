@@ -37,4 +37,4 @@ def defaults(recipe, pairs):
     """The option values of `recipe` (a name in `LABELLED`), or of `PAIRS` for a pairs:DIR dataset."""
     if pairs:
         return PAIRS
-    return LABELLED[check_choice(recipe, tuple(LABELLED), "recipe")]
+    return LABELLED[check_choice(recipe, LABELLED, "recipe")]

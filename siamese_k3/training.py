@@ -32,7 +32,6 @@ import keras
 from siamese_k3 import backbones, losses, precision, run_evaluation
 from siamese_k3.backend import flush_denormals
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
-from siamese_k3.checks import check_choice
 from siamese_k3.config import TrainConfig
 from siamese_k3.data import CLASS_NAMES, ClassBalancedBatches, PairedImageFolders, TripletBatches, load_dataset
 from siamese_k3.data.image_folders import find_pairs, split_pair_names
@@ -66,7 +65,7 @@ def train_run(config, out=None, overwrite=False, data_parallel=False, collective
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a siamese_k3.TrainConfig, got {type(config).__name__}.")
     folder = RunFolder(out or default_out(config))
-    check_backbone_name(config.backbone)
+    backbones.check_name(config.backbone)
     with stop_on_signals() as stop:  # SIGINT, SIGTERM: RunInterrupted within seconds, on every backend
         parallel = start_data_parallel(collective_timeout) if data_parallel else None
         chief = parallel is None or parallel.is_chief
@@ -86,10 +85,6 @@ def start_data_parallel(collective_timeout):
         raise
     except (RuntimeError, ValueError) as error:
         raise SiameseK3Error(f"data_parallel=True: {error}") from None
-
-
-def check_backbone_name(name):
-    check_choice(name, tuple(sorted(backbones.BACKBONES)), "backbone")
 
 
 def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
@@ -248,7 +243,7 @@ def _pairs_data(config, facts):
 
 def build_backbone(config, input_shape):
     """The backbone `config` names, with the arguments it takes (pixels 0-255 in)."""
-    check_backbone_name(config.backbone)
+    backbones.check_name(config.backbone)
     factory = backbones.BACKBONES[config.backbone]
     wanted = {
         "input_shape": tuple(input_shape),

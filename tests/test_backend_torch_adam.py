@@ -9,10 +9,9 @@ import keras
 import numpy as np
 import pytest
 
-ON_TORCH = keras.backend.backend() == "torch"
-torch_only = pytest.mark.skipif(not ON_TORCH, reason="keras' torch Adam")
-if ON_TORCH:
-    from siamese_k3.backend.torch import adam
+from siamese_k3.backend.torch import adam  # imports no torch at module level
+
+torch_only = pytest.mark.skipif(keras.backend.backend() != "torch", reason="keras' torch Adam")
 
 
 def _adam_steps(apply, optimizer, steps=4):

@@ -5,14 +5,8 @@ checking, casting and looping over the variables before it calls the same
 ``torch._foreach_*`` kernels. `apply_gradients` calls those kernels directly,
 on the optimizer's own slot variables, for the configurations known to give
 the same floats (`plain_adam`: an allow-list of the optimizer's configuration);
-any other optimizer or configuration is left to keras' `apply`.
-
-For each variable θ with gradient g at step t (learning rate η, β₁, β₂, ε)::
-
-    m ← β₁·m + (1 − β₁)·g          v ← β₂·v + (1 − β₂)·g²
-    α = η·√(1 − β₂ᵗ) / (1 − β₁ᵗ)    θ ← θ − α·m / (√v + ε)
-
-Nothing here imports torch at module level.
+any other optimizer or configuration is left to keras' `apply`. The update's
+formula is in `apply_gradients`. Nothing here imports torch at module level.
 """
 
 import functools
