@@ -30,7 +30,8 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "timed: asserts a wall-clock bound or races real processes (signals, locks, kills); nox runs these "
-        "after the parallel ones, one at a time, so their margins hold on a busy 2-core machine",
+        "after the unit tests, beside the distributed runs (on TensorFlow one at a time), and each records "
+        "what it measured against its bound (junit property seconds_of_bound)",
     )
 
 

@@ -254,7 +254,7 @@ def worker(*arguments, env=None):
 @pytest.mark.slow
 @pytest.mark.parametrize("model, signum", [("mining", signal.SIGINT), ("mining", signal.SIGTERM),
                                            ("siamese", signal.SIGINT)])
-def test_a_signal_stops_training_within_seconds(model, signum):
+def test_a_signal_stops_training_within_seconds(model, signum, record_property):
     process = worker(model)
     try:
         process.wait_for("TRAINING 3")  # compiled and in its steady state
@@ -264,12 +264,13 @@ def test_a_signal_stops_training_within_seconds(model, signum):
     errors = process.error()
     assert process.popen.returncode == 128 + signum, errors
     assert f"INTERRUPTED stopped by {signum.name}" in errors
+    record_property("seconds_of_bound", f"{seconds:.2f} of {STOP_SECONDS}")
     assert seconds < STOP_SECONDS, errors
     assert "FINISHED" not in "".join(process.lines)
 
 
 @pytest.mark.slow
-def test_a_burst_of_signals_is_one_request_to_stop():
+def test_a_burst_of_signals_is_one_request_to_stop(record_property):
     # Ctrl-C in a terminal reaches every process of the group, and torchrun forwards SIGTERM as well.
     process = worker("mining")
     try:
@@ -281,6 +282,7 @@ def test_a_burst_of_signals_is_one_request_to_stop():
     errors = process.error()
     assert process.popen.returncode == 130, errors
     assert "INTERRUPTED stopped by SIGINT" in errors and "without cleanup" not in errors
+    record_property("seconds_of_bound", f"{seconds:.2f} of {STOP_SECONDS}")
     assert seconds < STOP_SECONDS
 
 
@@ -302,7 +304,7 @@ def our_lines(errors):
     return [line for line in errors.splitlines() if line.startswith("siamese_k3") or "Traceback" in line]
 
 
-def test_a_second_signal_ends_a_process_that_swallowed_the_first():
+def test_a_second_signal_ends_a_process_that_swallowed_the_first(record_property):
     process = Process([sys.executable, "-c", SWALLOWING, "1000"], environment())
     try:
         process.wait_for("READY")
@@ -314,13 +316,14 @@ def test_a_second_signal_ends_a_process_that_swallowed_the_first():
         process.finish()
     errors = process.error()
     assert process.popen.returncode == 130, errors
+    record_property("seconds_of_bound", f"{seconds:.2f} of {STOP_SECONDS}")
     assert seconds < STOP_SECONDS
     assert our_lines(errors) == [
         "siamese_k3: stopped by SIGINT (a second signal while stopping); exiting without cleanup."
     ]
 
 
-def test_a_block_still_running_after_the_grace_period_ends_the_process():
+def test_a_block_still_running_after_the_grace_period_ends_the_process(record_property):
     process = Process([sys.executable, "-c", SWALLOWING, "2"], environment())
     try:
         process.wait_for("READY")
@@ -329,6 +332,7 @@ def test_a_block_still_running_after_the_grace_period_ends_the_process():
         process.finish()
     errors = process.error()
     assert process.popen.returncode == 143, errors
+    record_property("seconds_of_bound", f"{seconds:.2f} of {2 + STOP_SECONDS}")
     assert 2 <= seconds < 2 + STOP_SECONDS
     assert our_lines(errors) == [
         "siamese_k3: stopped by SIGTERM (still running 2 s after the signal); exiting without cleanup."
@@ -367,7 +371,7 @@ def first_to_end(processes, timeout):
 
 
 @pytest.mark.distributed
-def test_a_process_whose_peer_never_starts_gives_up_with_one_line():
+def test_a_process_whose_peer_never_starts_gives_up_with_one_line(record_property):
     # Process 0 of one two-process job and process 1 of another, whose peers never start: side by side,
     # so that their waits overlap (each has its own ports).
     processes = [worker("mining", "--parallel", "--timeout", str(PEER_TIMEOUT),
@@ -384,11 +388,12 @@ def test_a_process_whose_peer_never_starts_gives_up_with_one_line():
         lines = our_lines(errors)
         assert len(lines) == 1 and lines[0].startswith("siamese_k3: error: "), (rank, errors)
         assert "data-parallel" in lines[0] and "timeout" in lines[0], (rank, errors)
+        record_property(f"seconds_of_bound_{rank}", f"{ended[rank] - process.seen('WAITING'):.2f} of {PEER_TIMEOUT + 60}")
         assert PEER_TIMEOUT - 1 <= ended[rank] - process.seen("WAITING") < PEER_TIMEOUT + 60, (rank, errors)
 
 
 @pytest.mark.distributed
-def test_a_signal_ends_a_process_waiting_for_its_peer():
+def test_a_signal_ends_a_process_waiting_for_its_peer(record_property):
     # SIGTERM to one process waiting for its peer, SIGINT to another (each of its own job), side by side.
     signals = (signal.SIGTERM, signal.SIGINT)
     processes = [worker("mining", "--parallel", "--grace", "3", env=one_of_two(1, [free_port(), free_port()]))
@@ -410,11 +415,12 @@ def test_a_signal_ends_a_process_waiting_for_its_peer():
         assert end is not None, f"still running 60 s after {signum.name}: {errors}"
         assert process.popen.returncode == 128 + signum, errors
         assert f"stopped by {signum.name}" in errors  # RunInterrupted, or the one-line exit after the grace period
+        record_property(f"seconds_of_bound_{signum.name}", f"{end - at:.2f} of {3 + 5}")
         assert end - at < 3 + 5, errors
 
 
 @pytest.mark.distributed
-def test_sigterm_stops_a_process_whose_peer_stops_answering_in_training():
+def test_sigterm_stops_a_process_whose_peer_stops_answering_in_training(record_property):
     # Process 0 waits in a collective for process 1, frozen with SIGSTOP. SIGTERM stops it within the
     # grace period: TensorFlow cancels the collective (RunInterrupted), jax and torch, blocked in native
     # code, end with the one-line exit. (TensorFlow's own shutdown may then still wait for the frozen
@@ -458,6 +464,7 @@ def test_sigterm_stops_a_process_whose_peer_stops_answering_in_training():
                 process.popen.kill()
             process.finish()
     errors = processes[0].error()
+    record_property("seconds_of_bound", f"{stopped} of {5 + 5}")
     assert stopped is not None and stopped < 5 + 5, errors
     assert exited, errors
     if BACKEND != "torch":

@@ -24,9 +24,12 @@ and times the loss with its gradient (forward + backward, median of
   closest one per pair, so its value differs; the cost is what is compared.
 
 Peak memory: what the calls added to the worker's peak resident set
-(ru_maxrss after minus before; imports and data already resident). A case
-whose [B, B, B] tensors would not fit in `--max-cubic-gib` is not run and
-says so.
+(ru_maxrss after minus before; imports and data already resident), so each
+case runs in a process of its own. ``--process-per backend`` runs all of a
+backend's cases in one process instead (much faster, as the tests' smoke run
+does), and then reports no memory: a case's peak would be hidden by an earlier
+one's. A case whose [B, B, B] tensors would not fit in `--max-cubic-gib` is not
+run and says so.
 """
 
 import argparse
@@ -116,28 +119,34 @@ def _worker(args):
 
     backend = keras.backend.backend()
     rows = []
-    for implementation in args.implementations.split(","):
-        for loss in args.losses.split(","):
-            function = _loss_function(backend, implementation, loss)
-            if function is None:
-                continue
-            row = {"backend": backend, "implementation": implementation, "loss": loss, "batch": args.batch,
-                   "dim": args.dim, "device": measure.cpu_name()}  # fmt: skip
-            cubic_gib = CUBIC_TENSORS.get(implementation, 0) * args.batch**3 / 2**30
-            if cubic_gib > args.max_cubic_gib:
-                rows.append(dict(row, skipped=f"needs ~{cubic_gib:.0f} GiB of B³ tensors"))
-                continue
-            rng = np.random.default_rng(0)
-            labels_np = (np.arange(args.batch) // SAMPLES_PER_CLASS).astype("int32")
-            embeddings_np = rng.normal(size=(args.batch, args.dim)).astype("float32")
-            embeddings = keras.ops.convert_to_tensor(embeddings_np)
-            labels = keras.ops.convert_to_tensor(labels_np)
-            step, finish = _value_and_gradient(backend, function, labels)
-            before = _peak_rss_mib()
-            milliseconds = _median_ms(step, finish, embeddings, args.repeats)
-            rows.append(dict(row, ms=round(milliseconds, 3), added_peak_mib=round(_peak_rss_mib() - before, 1)))
-            launcher.log(f"[{backend}] {implementation} {loss} B={args.batch}: {milliseconds:.1f} ms")
+    for implementation, loss, size in _cases(args):
+        function = _loss_function(backend, implementation, loss)
+        if function is None:
+            continue
+        row = {"backend": backend, "implementation": implementation, "loss": loss, "batch": size, "dim": args.dim,
+               "device": measure.cpu_name()}  # fmt: skip
+        cubic_gib = CUBIC_TENSORS.get(implementation, 0) * size**3 / 2**30
+        if cubic_gib > args.max_cubic_gib:
+            rows.append(dict(row, skipped=f"needs ~{cubic_gib:.0f} GiB of B³ tensors"))
+            continue
+        rng = np.random.default_rng(0)
+        labels = keras.ops.convert_to_tensor((np.arange(size) // SAMPLES_PER_CLASS).astype("int32"))
+        embeddings = keras.ops.convert_to_tensor(rng.normal(size=(size, args.dim)).astype("float32"))
+        step, finish = _value_and_gradient(backend, function, labels)
+        before = _peak_rss_mib()
+        milliseconds = _median_ms(step, finish, embeddings, args.repeats)
+        row["ms"] = round(milliseconds, 3)
+        if args.process_per == "case":  # the process's peak is this case's alone
+            row["added_peak_mib"] = round(_peak_rss_mib() - before, 1)
+        rows.append(row)
+        launcher.log(f"[{backend}] {implementation} {loss} B={size}: {milliseconds:.1f} ms")
     launcher.write_rows(rows, args.worker_out)
+
+
+def _cases(args):
+    """(implementation, loss, B) for every combination the arguments name."""
+    return [(implementation, loss, size) for implementation in args.implementations.split(",")
+            for loss in args.losses.split(",") for size in map(int, args.sizes.split(","))]  # fmt: skip
 
 
 COLUMNS = [
@@ -162,23 +171,23 @@ def main(argv=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--max-cubic-gib", type=float, default=6.0, help="skip a case whose B³ tensors need more")
     parser.add_argument("--threads", type=int, help="CPU threads per framework (default: each framework's own)")
+    parser.add_argument("--process-per", choices=("case", "backend"), default="case",
+                        help="a fresh process per case, for its peak memory (default), or one per backend (no memory)")
     parser.add_argument("--out", default="benchmarks/results/losses.json")
-    parser.add_argument("--batch", type=int, help=argparse.SUPPRESS)
     launcher.add_worker_arguments(parser)
     args = parser.parse_args(argv)
     if args.worker:
         return _worker(args)
     rows = []
-    cases = [(backend, implementation, loss, size) for backend in args.backends.split(",")
-             for implementation in args.implementations.split(",") for loss in args.losses.split(",")
-             for size in map(int, args.sizes.split(","))]  # fmt: skip
-    for backend, implementation, loss, size in cases:  # one process each: its own peak memory
-        if implementation == "pytorch_metric_learning" and backend != "torch":
-            continue
-        worker_argv = ["--implementations", implementation, "--losses", loss, "--batch", str(size),
-                       "--dim", str(args.dim), "--repeats", str(args.repeats),
-                       "--max-cubic-gib", str(args.max_cubic_gib)]  # fmt: skip
-        rows += launcher.run_in_backend(backend, "benchmarks.tools.losses", worker_argv, args.threads)
+    common = ["--dim", str(args.dim), "--repeats", str(args.repeats), "--max-cubic-gib", str(args.max_cubic_gib),
+              "--process-per", args.process_per]  # fmt: skip
+    for backend in args.backends.split(","):
+        cases = [case for case in _cases(args) if case[0] != "pytorch_metric_learning" or backend == "torch"]
+        if args.process_per == "backend":
+            cases = [(",".join(dict.fromkeys(case[0] for case in cases)), args.losses, args.sizes)] if cases else []
+        for implementations, losses, sizes in cases:
+            worker_argv = ["--implementations", implementations, "--losses", losses, "--sizes", str(sizes), *common]
+            rows += launcher.run_in_backend(backend, "benchmarks.tools.losses", worker_argv, args.threads)
     rows.sort(key=lambda row: (row["backend"], row["loss"], row["batch"], IMPLEMENTATIONS.index(row["implementation"])))
     table = launcher.markdown_table(rows, COLUMNS)
     note = f"threads: {args.threads or 'framework defaults'}; embeddings {args.dim}-d, {SAMPLES_PER_CLASS} per class"
