@@ -46,12 +46,28 @@ SPREAD = {
 }
 
 
+# The modules with the longest tests or module groups (worker-seconds in CI's junit reports, tests/slowest.py),
+# longest first: collected first, so the xdist workers start them first and end on the many short tests
+# rather than one waiting while the other finishes a long module. Every other module keeps its place after them.
+LONGEST_FIRST = (
+    "test_benchmarks", "test_training", "test_image_training", "test_cli_contract", "test_conformance",
+    "test_backbones_resnet", "test_training_overwrite", "test_embedding_artifact", "test_cli",
+    "test_backend_tensorflow_arrays", "test_api", "test_models", "test_losses", "test_recipes",
+)
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        module = item.module.__name__ if item.module is not None else ""
+        module = _module(item)
         if module not in SPREAD:
             item.add_marker(pytest.mark.xdist_group(module))
+    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item), len(rank)))  # stable: each module's own order is kept
+
+
+def _module(item):
+    return item.module.__name__ if item.module is not None else ""
 
 
 @pytest.fixture(autouse=True)
