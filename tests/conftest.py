@@ -33,6 +33,11 @@ def pytest_configure(config):
         "after the unit tests, beside the distributed runs (on TensorFlow one at a time), and each records "
         "what it measured against its bound (junit property seconds_of_bound)",
     )
+    config.addinivalue_line(
+        "markers",
+        "stop_bound: bounds how long a signal takes to end training in one process; on TensorFlow nox runs "
+        "these one at a time (TIMED_ALONE in noxfile.py)",
+    )
 
 
 # Under pytest-xdist's --dist loadgroup (nox), a module's tests stay together on one worker, so its

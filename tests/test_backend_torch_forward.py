@@ -73,7 +73,8 @@ def _count_layer_calls(function):
     return result, calls
 
 
-@pytest.mark.parametrize("name", sorted(BACKBONES))
+# On jax and tensorflow `forward` is keras' call itself (`model in calls` below): one backbone shows it.
+@pytest.mark.parametrize("name", sorted(BACKBONES) if ON_TORCH else ["mnist_siamese_dense"])
 @pytest.mark.parametrize("training", [True, False])
 def test_forward_matches_keras_call(name, training, rng):
     model = BACKBONES[name]()

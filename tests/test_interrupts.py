@@ -251,6 +251,7 @@ def worker(*arguments, env=None):
     return Process([sys.executable, str(WORKER), *arguments], env or environment())
 
 
+@pytest.mark.stop_bound
 @pytest.mark.slow
 @pytest.mark.parametrize("model, signum", [("mining", signal.SIGINT), ("mining", signal.SIGTERM),
                                            ("siamese", signal.SIGINT)])
@@ -269,6 +270,7 @@ def test_a_signal_stops_training_within_seconds(model, signum, record_property):
     assert "FINISHED" not in "".join(process.lines)
 
 
+@pytest.mark.stop_bound
 @pytest.mark.slow
 def test_a_burst_of_signals_is_one_request_to_stop(record_property):
     # Ctrl-C in a terminal reaches every process of the group, and torchrun forwards SIGTERM as well.
@@ -304,6 +306,7 @@ def our_lines(errors):
     return [line for line in errors.splitlines() if line.startswith("siamese_k3") or "Traceback" in line]
 
 
+@pytest.mark.stop_bound
 def test_a_second_signal_ends_a_process_that_swallowed_the_first(record_property):
     process = Process([sys.executable, "-c", SWALLOWING, "1000"], environment())
     try:
@@ -323,6 +326,7 @@ def test_a_second_signal_ends_a_process_that_swallowed_the_first(record_property
     ]
 
 
+@pytest.mark.stop_bound
 def test_a_block_still_running_after_the_grace_period_ends_the_process(record_property):
     process = Process([sys.executable, "-c", SWALLOWING, "2"], environment())
     try:

@@ -183,6 +183,7 @@ def test_an_interruption_after_the_metrics_before_finished_resumes(data_dir, uni
 
 
 @pytest.mark.timed
+@pytest.mark.stop_bound
 @pytest.mark.parametrize("signal_number, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_in_training_stops_within_seconds_unfinished_and_the_same_command_resumes(
     signal_number, code, data_dir, tmp_path, record_property
