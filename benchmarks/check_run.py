@@ -5,7 +5,7 @@
 Loads RUN/embedding.keras with `keras.models.load_model` in a process where
 ``import siamese_k3`` fails, embeds the 10 000 test images (read from the
 original IDX files), and computes precision@1, R-precision and MAP@R by a full
-argsort per query (ties by index), independently of `siamese_k3.evaluation`.
+argsort per query (ties by index), independently of `siamese_k3.search`.
 Prints them next to RUN/metrics.json's values.
 """
 

@@ -5,7 +5,7 @@
 The backend is KERAS_BACKEND's: `--backend` is refused, since a different one
 would restart `siamese-k3` in a new interpreter without the variant.
 
-The JSON (argv[1]) is merged into `siamese_k3.recipes.LABELLED["strong"]`;
+The JSON (argv[1]) is merged into `siamese_k3.runs.recipes.LABELLED["strong"]`;
 every further argument goes to `siamese-k3 train` as usual. The values end up
 in the run's config.json, as for any run.
 """
@@ -13,7 +13,8 @@ in the run's config.json, as for any run.
 import json
 import sys
 
-from siamese_k3 import cli, recipes
+from siamese_k3 import cli
+from siamese_k3.runs import recipes
 
 
 def main(argv=None):

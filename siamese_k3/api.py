@@ -8,7 +8,7 @@
     vectors = run.embed(["a.png", "b.png"])                    # float32 [2, 64]
     run.similarity("a.png", "b.png")                          # {"euclidean": 0.41, ..., "same": True}
     run.build_index(dataset="fashion_mnist:train")            # RUN/index/
-    run.search(["query.png"], k=10)                           # a siamese_k3.index.SearchResult
+    run.search(["query.png"], k=10)                           # a siamese_k3.search.SearchResult
     run.calibrate(target_precision=0.95)                      # RUN/calibration.json
     run.export("onnx")
     same = siamese_k3.Run.open("runs/strong")
@@ -20,13 +20,15 @@ and prints. Errors follow `siamese_k3.errors`.
 import dataclasses
 import os
 
-from siamese_k3 import calibration as calibrating
-from siamese_k3 import export as exporting
-from siamese_k3 import index as indexing
-from siamese_k3 import inference, run_evaluation, training
-from siamese_k3.config import TrainConfig
+from siamese_k3.search import calibration as calibrating
+from siamese_k3.runs import export as exporting
+from siamese_k3.search import index as indexing
+from siamese_k3.runs import data as run_data
+from siamese_k3.runs import evaluation as run_evaluation
+from siamese_k3.runs import inference, training
+from siamese_k3.runs.config import TrainConfig
 from siamese_k3.errors import RunFolderError, SiameseK3Error
-from siamese_k3.run_folder import FINISHED, INDEX, RunFolder, load_model
+from siamese_k3.runs.folder import FINISHED, INDEX, RunFolder, check_finite_weights, load_model
 
 
 def train(config=None, *, out=None, overwrite=False, data_parallel=False, collective_timeout=600, verbose="auto",
@@ -55,7 +57,7 @@ def train(config=None, *, out=None, overwrite=False, data_parallel=False, collec
 
 
 class Run:
-    """A run folder written by `train` (see `siamese_k3.run_folder` for its files)."""
+    """A run folder written by `train` (see `siamese_k3.runs.folder` for its files)."""
 
     def __init__(self, path):
         if not _is_path(path):
@@ -114,7 +116,7 @@ class Run:
             self.folder.require_usable()
             path = self.folder.file("embedding.keras")
             model = load_model(path)
-            _check_finite(model, path)
+            check_finite_weights(model, path)
             self._embedding_model = model
         return self._embedding_model
 
@@ -125,8 +127,9 @@ class Run:
         unfinished one is finished by rerunning its train command.
         """
         model = self.embedding_model()
-        config, facts = self.config, dict(self._facts)
-        data = training.load_data(config, facts)
+        config = self.config
+        data, data_facts = run_data.load_data(config)
+        facts = {**self._facts, **data_facts}
         result = run_evaluation.evaluate(config, facts, model, data)
         if plots:
             result.write_plots(self.path)
@@ -146,7 +149,7 @@ class Run:
         run's image size, except for a pairs:DIR run, which resizes them as it
         did in training. `SiameseK3Error` for a shape that is not the run's, a
         non-numeric array, or NaN / inf pixels (it names the images); see
-        `siamese_k3.inference.as_pixels`.
+        `siamese_k3.runs.inference.as_pixels`.
         """
         return inference.embed(self.embedding_model(), images, self.input_shape, batch_size=batch_size,
                                verbose=verbose, resize=self.config.pairs_dir is not None)  # fmt: skip
@@ -203,8 +206,8 @@ class Run:
 
     def _calibrate(self, target_precision, target_recall):
         model, config = self.embedding_model(), self.config
-        facts = dict(self._facts)
-        data = training.load_data(config, facts)
+        data, data_facts = run_data.load_data(config)
+        facts = {**self._facts, **data_facts}
         if "validation" in data:  # pairs: the held-out pairs' distances (same: anchor-positive)
             same, different = run_evaluation.evaluate(config, facts, model, data).distances
             is_same = [True] * len(same) + [False] * len(different)
@@ -217,9 +220,8 @@ class Run:
             calibration, summary = run_evaluation.calibrate_held_out(
                 embeddings, data["y_test"], config.distance, config.seed, target_precision, target_recall
             )
-        result = run_evaluation.RunEvaluation({}, (), (), calibration=calibration)
         fingerprint = self.folder.fingerprint()
-        result.write_calibration(self.path, fingerprint=fingerprint)
+        run_evaluation.write_calibration(calibration, self.path, fingerprint=fingerprint)
         return dataclasses.replace(calibration, fingerprint=fingerprint), summary
 
     def build_index(self, images=None, labels=None, ids=None, dataset=None, method="exact", engine="auto",
@@ -229,7 +231,7 @@ class Run:
         The gallery: `dataset` (``"fashion_mnist"`` or ``"fashion_mnist:train"``,
         the split defaulting to test; ids are ``"fashion_mnist:test:ROW"``), or
         `images` (file paths, ids default to the paths; a folder stands for its
-        image files, subfolders included, as `image_files` lists them; or arrays
+        image files, subfolders included, as `inference.image_files` lists them; or arrays
         of raw pixels with optional `labels` and `ids`). `method`: ``exact``,
         ``hnsw``, ``ivf``.
         """
@@ -243,7 +245,7 @@ class Run:
         elif images is None:
             raise SiameseK3Error("build_index needs a gallery: images (paths or arrays) or dataset='NAME[:split]'.")
         elif _is_path(images) or (isinstance(images, (list, tuple)) and images and all(map(_is_path, images))):
-            images = image_files([images] if _is_path(images) else images)[0]
+            images = inference.image_files([images] if _is_path(images) else images)[0]
             ids = [os.fspath(path) for path in images] if ids is None else ids
         index = indexing.SimilarityIndex(self._facts["distance"], method=method, engine=engine, params=params,
                                          fingerprint=self.folder.fingerprint())  # checked before the work  # fmt: skip
@@ -345,53 +347,8 @@ class Run:
         return exporting.export_model(self.embedding_model(), self.input_shape, export_format, output)
 
 
-def _check_finite(model, path):
-    import keras
-    import numpy as np
-
-    bad = [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
-    if bad:
-        raise RunFolderError(
-            f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
-            f"{' and others' if len(bad) > 3 else ''}: the training diverged; train it again with "
-            "overwrite=True and a lower learning rate."
-        )
-
-
 def _is_path(value):
     return isinstance(value, (str, os.PathLike))
-
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def image_files(paths, name="images"):
-    """(image files, skipped files) of `paths`, a gallery as `Run.build_index` and ``siamese-k3 index`` take it.
-
-    A file stands for itself. A folder stands for the files with an image suffix
-    (`IMAGE_SUFFIXES`, any case) in it and in its subfolders, sorted by path
-    (each path is the folder joined with the file's relative path); hidden files
-    and folders (``.name``) are left out, and the other files are returned as
-    skipped. `SiameseK3Error` when no image file is left; `name` names `paths` in it.
-    """
-    files, skipped = [], []
-    for path in map(os.fspath, paths):
-        if not os.path.isdir(path):
-            files.append(path)
-            continue
-        found = []
-        for folder, subfolders, names in os.walk(path):
-            subfolders[:] = [entry for entry in subfolders if not entry.startswith(".")]
-            for entry in names:
-                if not entry.startswith("."):
-                    found.append(os.path.join(folder, entry))
-        for item in sorted(found):
-            (files if item.lower().endswith(IMAGE_SUFFIXES) else skipped).append(item)
-    if not files:
-        raise SiameseK3Error(
-            f"{name} {' '.join(map(os.fspath, paths))} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
-        )
-    return files, skipped
 
 
 RUN_FACTS = ("distance", "input_shape")  # what using a run needs from its config.json

@@ -17,7 +17,8 @@ import time
 import keras
 import numpy as np
 
-from siamese_k3 import evaluation
+from siamese_k3.search import evaluation
+from siamese_k3.search.kernel import paired_distances
 from siamese_k3.backend import distributed
 from siamese_k3.errors import NonFiniteLossError, RunFolderError, SiameseK3Error
 from siamese_k3.files import atomic_path, write_json
@@ -111,7 +112,7 @@ class RetrievalValidation(_EmbeddingValidation):
     """Leave-one-out retrieval on a fixed held-out sample after each epoch.
 
     Logs ``val_precision_at_1``, ``val_r_precision`` and ``val_map_at_r``, the
-    protocol of `siamese_k3.evaluation.retrieval_metrics` on `sample_size`
+    protocol of `siamese_k3.search.evaluation.retrieval_metrics` on `sample_size`
     images drawn once (without replacement, by `seed`) from `images`. NaN
     embeddings (a diverged model) give NaN metrics instead of an error.
 
@@ -143,7 +144,7 @@ class PairValidation(_EmbeddingValidation):
 
     Each anchor's positive is a same-pair, its negative a different-pair;
     the score is the `distance` between embeddings (smaller means same), as
-    `siamese_k3.evaluation.verification_metrics` computes it.
+    `siamese_k3.search.evaluation.verification_metrics` computes it.
     """
 
     def __init__(self, anchor, positive, negative, distance="euclidean", **kwargs):
@@ -155,8 +156,8 @@ class PairValidation(_EmbeddingValidation):
         if not all(np.all(np.isfinite(part)) for part in (anchor, positive, negative)):
             return {"pair_roc_auc": float("nan")}
         distances = np.concatenate([
-            evaluation.paired_distances(anchor, positive, self.distance),
-            evaluation.paired_distances(anchor, negative, self.distance),
+            paired_distances(anchor, positive, self.distance),
+            paired_distances(anchor, negative, self.distance),
         ])
         is_same = np.arange(len(distances)) < len(anchor)
         return {"pair_roc_auc": evaluation.verification_metrics(distances, is_same)["roc_auc"]}

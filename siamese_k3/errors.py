@@ -66,7 +66,7 @@ class PeerTimeoutError(RunFailedError, TimeoutError):
 
 
 class RunInterrupted(KeyboardInterrupt):
-    """Training was stopped by a signal (`siamese_k3.interrupts.stop_on_signals`).
+    """Training was stopped by a signal (`siamese_k3.runs.interrupts.stop_on_signals`).
 
     A `KeyboardInterrupt`, so ``except KeyboardInterrupt`` treats it as Ctrl-C.
 

@@ -64,7 +64,7 @@ class DataParallel:
         RuntimeError: on torch outside ``torchrun``.
 
     SIGINT and SIGTERM stop the startup's wait (a `KeyboardInterrupt`, or
-    `siamese_k3.interrupts.RunInterrupted` inside `stop_on_signals`).
+    `siamese_k3.runs.interrupts.RunInterrupted` inside `stop_on_signals`).
     """
 
     def __init__(self, timeout_seconds=600):

@@ -231,7 +231,7 @@ def _class_name(label, class_names):
 def plot_calibration(thresholds, precisions, recalls, f1s, path, threshold=None, title="Calibration"):
     """Precision, recall and F1 (y, 0 to 1) against the distance threshold (x), the chosen `threshold` dashed.
 
-    The curves of `siamese_k3.calibration`: a pair is "same" iff its distance <= the threshold.
+    The curves of `siamese_k3.search.calibration`: a pair is "same" iff its distance <= the threshold.
     """
     curves = [np.asarray(values, dtype=float).reshape(-1) for values in (thresholds, precisions, recalls, f1s)]
     if len({curve.size for curve in curves}) != 1 or curves[0].size == 0:

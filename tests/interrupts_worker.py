@@ -1,4 +1,4 @@
-"""A long training run inside `siamese_k3.interrupts.stop_on_signals`; run by tests/test_interrupts.py.
+"""A long training run inside `siamese_k3.runs.interrupts.stop_on_signals`; run by tests/test_interrupts.py.
 
     python interrupts_worker.py mining|siamese [--parallel] [--timeout S] [--grace S] [--epochs N]
 
@@ -29,7 +29,7 @@ import numpy as np  # noqa: E402
 
 from siamese_k3 import MiningModel, SiameseModel, TripletSemiHardLoss  # noqa: E402
 from siamese_k3.data import ClassBalancedBatches, TripletBatches  # noqa: E402
-from siamese_k3.interrupts import RunInterrupted, stop_on_signals  # noqa: E402
+from siamese_k3.runs.interrupts import RunInterrupted, stop_on_signals  # noqa: E402
 from siamese_k3.parallel import DataParallel, PeerTimeoutError  # noqa: E402
 
 

@@ -11,7 +11,8 @@ import os
 import signal
 import sys
 
-from siamese_k3 import cli, run_folder, training
+from siamese_k3 import cli
+from siamese_k3.runs import folder as run_folder, training
 
 
 def kill():

@@ -9,9 +9,10 @@ import pytest
 from PIL import Image
 
 import siamese_k3
-from siamese_k3 import Run, TrainConfig, training
+from siamese_k3 import Run, TrainConfig
+from siamese_k3.runs import training
 from siamese_k3.errors import RunFolderError, SiameseK3Error
-from siamese_k3.run_folder import RunFolder
+from siamese_k3.runs.folder import RunFolder
 
 TINY = dict(epochs=1, steps_per_epoch=3, batch_size=32, classes_per_batch=4, embedding_dim=8, validation_size=60,
             verbose=0)

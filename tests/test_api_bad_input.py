@@ -13,9 +13,9 @@ from PIL import Image
 
 import siamese_k3
 from siamese_k3 import Run
-from siamese_k3.calibration import Calibration
+from siamese_k3.search.calibration import Calibration
 from siamese_k3.errors import RunFolderError, SiameseK3Error
-from siamese_k3.index import SimilarityIndex
+from siamese_k3.search.index import SimilarityIndex
 
 pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
 

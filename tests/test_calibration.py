@@ -1,4 +1,4 @@
-"""siamese_k3.calibration against counts written out here, and on held-out data it never saw."""
+"""siamese_k3.search.calibration against counts written out here, and on held-out data it never saw."""
 
 import itertools
 import math
@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from siamese_k3.calibration import (
+from siamese_k3.search.calibration import (
     Calibration,
     calibrate,
     calibrate_embeddings,

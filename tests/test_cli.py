@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from siamese_k3 import cli, training
-from siamese_k3.evaluation import retrieval_metrics
+from siamese_k3 import cli
+from siamese_k3.runs import training
+from siamese_k3.search.evaluation import retrieval_metrics
 
 from paired_folders import make_paired_folders
 from toy import TINY, write_clustered_idx  # noqa: F401 (other test modules import them from here)
@@ -45,7 +46,7 @@ def test_train_writes_the_whole_run_folder(labelled_run, capsys):
 
 
 def cli_run_files():
-    from siamese_k3.run_folder import RUN_FILES
+    from siamese_k3.runs.folder import RUN_FILES
 
     return RUN_FILES
 

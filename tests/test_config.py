@@ -1,11 +1,12 @@
-"""siamese_k3.config: a TrainConfig is the recipe plus overrides, checked where it is built."""
+"""siamese_k3.runs.config: a TrainConfig is the recipe plus overrides, checked where it is built."""
 
 import dataclasses
 
 import pytest
 
-from siamese_k3 import recipes
-from siamese_k3.config import TrainConfig, option
+from siamese_k3.runs import recipes
+from siamese_k3.cli import as_flags
+from siamese_k3.runs.config import TrainConfig
 from siamese_k3.errors import SiameseK3Error
 
 pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
@@ -89,4 +90,4 @@ def test_an_unknown_field_is_named():
 def test_configs_are_frozen_and_options_are_spelled_as_on_the_command_line():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3
-    assert option("steps_per_epoch") == "--steps-per-epoch"
+    assert as_flags("steps_per_epoch=3") == "--steps-per-epoch 3"  # the CLI's one mapping of fields to flags

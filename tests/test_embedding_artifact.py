@@ -17,9 +17,9 @@ import pytest
 
 from siamese_k3 import TripletSemiHardLoss
 from siamese_k3.models import standalone_embedding
-from siamese_k3.config import TrainConfig
-from siamese_k3.run_folder import save_model
-from siamese_k3.training import build_backbone
+from siamese_k3.runs.config import TrainConfig
+from siamese_k3.runs.folder import save_model
+from siamese_k3.runs.training import build_backbone
 
 SHAPES = {"resnet50": [32, 32, 3], "mnist_dense": [784]}
 

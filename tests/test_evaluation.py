@@ -1,4 +1,4 @@
-"""siamese_k3.evaluation against brute-force references written out here with explicit loops."""
+"""siamese_k3.search.evaluation and .kernel's distances against brute-force references written out here with explicit loops."""
 
 import itertools
 import math
@@ -7,14 +7,8 @@ import numpy as np
 import pytest
 
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.evaluation import (
-    distance_statistics,
-    paired_distances,
-    pairwise_distances,
-    raw_pixel_baseline,
-    retrieval_metrics,
-    verification_metrics,
-)
+from siamese_k3.search.evaluation import distance_statistics, raw_pixel_baseline, retrieval_metrics, verification_metrics
+from siamese_k3.search.kernel import paired_distances, pairwise_distances
 
 from references import reference_distance
 

@@ -1,4 +1,4 @@
-"""siamese-k3 export (siamese_k3.export): serving artifacts with the embedding model's numbers.
+"""siamese-k3 export (siamese_k3.runs.export): serving artifacts with the embedding model's numbers.
 
 Each format runs where the current backend can write it: a test whose exporter
 or runtime is not installed is skipped, naming the package.
@@ -15,7 +15,7 @@ import pytest
 from siamese_k3 import cli
 from siamese_k3.backend.exporters import EXPORT_REQUIREMENTS
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.export import check_export_requirements
+from siamese_k3.runs.export import check_export_requirements
 
 BACKEND = keras.backend.backend()
 

@@ -1,4 +1,4 @@
-"""siamese_k3.index against a brute-force reference written here: every distance by its formula, then a sort.
+"""siamese_k3.search.index and .kernel against a brute-force reference written here: every distance by its formula, then a sort.
 
 The numpy engine runs everywhere; the FAISS engine where `faiss` is installed (the ``search`` extra,
 which `nox -s tests` installs), so both engines are checked against the same reference.
@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3 import index as index_module
-from siamese_k3.index import SimilarityIndex, exact_search, faiss_available, iter_exact_search
+from siamese_k3.search import index as index_module
+from siamese_k3.search.faiss_engine import faiss_available
+from siamese_k3.search.index import SimilarityIndex
+from siamese_k3.search.kernel import exact_search, iter_exact_search
 
 from references import reference_distance
 

@@ -1,4 +1,4 @@
-"""siamese_k3.interrupts: SIGINT and SIGTERM stop training within seconds, with `RunInterrupted`.
+"""siamese_k3.runs.interrupts: SIGINT and SIGTERM stop training within seconds, with `RunInterrupted`.
 
 In-process checks of the block (handlers, the swallowed-interrupt fallbacks,
 the thread rule), then real processes: `interrupts_worker.py` trains until a
@@ -23,7 +23,7 @@ import keras
 import pytest
 
 from siamese_k3.backend import fast_path
-from siamese_k3.interrupts import RunInterrupted, stop_on_signals
+from siamese_k3.runs.interrupts import RunInterrupted, stop_on_signals
 
 pytestmark = pytest.mark.timed  # every test here bounds how long a signal takes
 BACKEND = keras.backend.backend()
@@ -290,7 +290,7 @@ def test_a_burst_of_signals_is_one_request_to_stop(record_property):
 
 SWALLOWING = """
 import os, signal, sys, time
-from siamese_k3.interrupts import stop_on_signals
+from siamese_k3.runs.interrupts import stop_on_signals
 with stop_on_signals(grace_seconds=float(sys.argv[1])):
     print("READY", flush=True)
     while True:

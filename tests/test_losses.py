@@ -1,4 +1,4 @@
-"""siamese_k3.losses against brute-force numpy loops that follow the docstrings."""
+"""siamese_k3.losses (the triplet family) against brute-force numpy loops that follow the docstrings."""
 
 import math
 

@@ -1,8 +1,9 @@
-"""siamese_k3.recipes: the defaults of `siamese-k3 train`, and the command-line options that override them."""
+"""siamese_k3.runs.recipes: the defaults of `siamese-k3 train`, and the command-line options that override them."""
 
 import pytest
 
-from siamese_k3 import api, cli, recipes
+from siamese_k3 import api, cli
+from siamese_k3.runs import recipes
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.backbones import BACKBONES
 from siamese_k3.losses import MINING_LOSSES

@@ -1,9 +1,9 @@
-"""siamese_k3.run_evaluation: the collapse check and the console table."""
+"""siamese_k3.runs.evaluation: the collapse check and the console table."""
 
 import numpy as np
 import pytest
 
-from siamese_k3.run_evaluation import collapse_metrics, table
+from siamese_k3.runs.evaluation import collapse_metrics, table
 
 pytestmark = pytest.mark.backend_independent  # numpy, files and checks: one backend runs it (tests/README.md)
 

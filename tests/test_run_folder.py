@@ -1,4 +1,4 @@
-"""siamese_k3.run_folder and the checkpoint it resumes from (callbacks.RunCheckpoint): files read back as they claim."""
+"""siamese_k3.runs.folder and the checkpoint it resumes from (callbacks.RunCheckpoint): files read back as they claim."""
 
 import json
 import os
@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from siamese_k3.callbacks import RunCheckpoint
-from siamese_k3.config import TrainConfig
+from siamese_k3.runs.config import TrainConfig
 from siamese_k3.errors import RunFolderError
-from siamese_k3.run_folder import RunFolder, load_model
+from siamese_k3.runs.folder import RunFolder, load_model
 
 
 def test_a_damaged_json_file_is_named_with_what_to_do(tmp_path):

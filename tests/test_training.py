@@ -1,4 +1,4 @@
-"""siamese_k3.training through the CLI: a run is what it says, or it says why not (issue 24).
+"""siamese_k3.runs.training through the CLI: a run is what it says, or it says why not (issue 24).
 
 Resume is exact, and an interruption anywhere (in training, in the final
 evaluation, while finishing, by a signal) resumes without retraining. Kills use
@@ -17,8 +17,9 @@ import keras
 import numpy as np
 import pytest
 
-from siamese_k3 import cli, run_evaluation, training
-from siamese_k3.run_folder import RunFolder
+from siamese_k3 import cli
+from siamese_k3.runs import evaluation as run_evaluation, training
+from siamese_k3.runs.folder import RunFolder
 
 from toy import COMMON, SMALL  # noqa: F401 (test_training_overwrite imports them from here)
 

@@ -1,4 +1,4 @@
-"""siamese_k3.training through the CLI, continued: a damaged checkpoint is refused in one line, --overwrite
+"""siamese_k3.runs.training through the CLI, continued: a damaged checkpoint is refused in one line, --overwrite
 checks everything before it touches the finished run and can never lose it (issues 24 and 31), and a failed run
 says so. Kills use real processes. Split from tests/test_training.py so that pytest-xdist runs the two on both
 cores; both read conftest.py's one `resume_reference`.
@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from siamese_k3 import cli, training
+from siamese_k3 import cli
+from siamese_k3.runs import training
 from siamese_k3.errors import NonFiniteLossError
 
 from test_training import COMMON, SMALL, assert_same_run, checkpoint_epoch, environment, interrupt_after, read_json

@@ -8,7 +8,7 @@ drawn the same way (same centres, other noise). For every gallery size N:
 
 - ``brute force (numpy sort)``: each query's whole distance row (‖q‖² + ‖y‖² - 2 q·y) sorted
   by a stable `np.argsort`: the reference, run on the first `--brute-force-queries` queries;
-- ``exact, numpy chunks``: `siamese_k3.index.exact_search`, what `retrieval_metrics` and
+- ``exact, numpy chunks``: `siamese_k3.search.exact_search`, what `retrieval_metrics` and
   ``SimilarityIndex(engine="numpy")`` run (argpartition per chunk of queries);
 - ``exact, faiss flat``: ``SimilarityIndex(method="exact", engine="faiss")`` (`IndexFlatL2`);
 - ``hnsw`` / ``ivf``: ``SimilarityIndex(method=..., engine="faiss")`` with the library's
@@ -103,7 +103,7 @@ SEARCH_KNOBS = {"hnsw": "ef_search", "ivf": "nprobe"}  # read at every search: o
 
 
 def _index_rows(args, size, gallery, queries, exact, reference, row):
-    from siamese_k3.index import SimilarityIndex, faiss_available
+    from siamese_k3.search import SimilarityIndex, faiss_available
 
     rows = []
     for method in args.methods.split(","):
@@ -145,7 +145,7 @@ def _index_rows(args, size, gallery, queries, exact, reference, row):
 
 
 def search_rows(args, size):
-    from siamese_k3.index import exact_search
+    from siamese_k3.search import exact_search
 
     if args.embeddings:  # a trained run's embeddings (siamese-k3 embed, Run.embed): gallery and queries
         gallery = np.load(args.embeddings).astype(np.float32)
@@ -174,7 +174,7 @@ def search_rows(args, size):
 
 
 def retrieval_row(args):
-    from siamese_k3.evaluation import retrieval_metrics
+    from siamese_k3.search import retrieval_metrics
 
     if args.embeddings:
         embeddings, labels = np.load(args.embeddings).astype(np.float32), np.load(args.labels)

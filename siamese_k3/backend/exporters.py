@@ -1,6 +1,6 @@
 """What keras' `Model.export` needs on each backend, and what it writes differently there.
 
-`siamese_k3.export` asks here, so that the backends are named in `backend/` only.
+`siamese_k3.runs.export` asks here, so that the backends are named in `backend/` only.
 """
 
 import keras

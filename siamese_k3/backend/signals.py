@@ -1,4 +1,4 @@
-"""What each backend needs so that SIGINT and SIGTERM can stop it (used by `siamese_k3.interrupts`).
+"""What each backend needs so that SIGINT and SIGTERM can stop it (used by `siamese_k3.runs.interrupts`).
 
 - `cancellable()`: TensorFlow runs a compiled function (up to 32 training
   steps on the fast path, a collective waiting for its peers) in native code,

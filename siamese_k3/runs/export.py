@@ -1,7 +1,7 @@
 """Exporting a run's embedding model for serving without keras: a TF SavedModel folder or an ONNX file.
 
 The artifact maps a batch of raw images (any batch size, float32, as
-`siamese_k3.inference.embed` reads them) to their embeddings. A SavedModel's
+`siamese_k3.runs.inference.embed` reads them) to their embeddings. A SavedModel's
 endpoint is ``tf.saved_model.load(path).serve(images)``; an ONNX file has one input.
 """
 
@@ -45,5 +45,5 @@ def check_export_requirements(export_format, backend):
         modules, packages = zip(*missing)
         raise SiameseK3Error(
             f"exporting {export_format} on the {backend} backend needs {', '.join(modules)}: "
-            f"pip install {' '.join(packages)} (or export with another --backend: embedding.keras loads on any)."
+            f"pip install {' '.join(packages)} (or export on another backend: embedding.keras loads on any)."
         )

@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from siamese_k3 import evaluation
+from siamese_k3.search.kernel import paired_distances
 from siamese_k3.data import load_image
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.files import atomic_path
@@ -141,8 +141,8 @@ def similarity(first, second, distance):
     """{distance name: value, "cosine_similarity": value} of two embeddings (1-d float arrays)."""
     first, second = np.asarray(first, np.float32)[None], np.asarray(second, np.float32)[None]
     return {
-        distance: float(evaluation.paired_distances(first, second, distance)[0]),
-        "cosine_similarity": 1.0 - float(evaluation.paired_distances(first, second, "cosine")[0]),
+        distance: float(paired_distances(first, second, distance)[0]),
+        "cosine_similarity": 1.0 - float(paired_distances(first, second, "cosine")[0]),
     }
 
 
@@ -151,3 +151,35 @@ def save_embeddings(path, embeddings):
     with atomic_path(path) as temporary, open(temporary, "wb") as handle:
         np.save(handle, np.asarray(embeddings, np.float32))
     return os.fspath(path)
+
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def image_files(paths, name="images"):
+    """(image files, skipped files) of `paths`, a gallery as `Run.build_index` and ``siamese-k3 index`` take it.
+
+    A file stands for itself. A folder stands for the files with an image suffix
+    (`IMAGE_SUFFIXES`, any case) in it and in its subfolders, sorted by path
+    (each path is the folder joined with the file's relative path); hidden files
+    and folders (``.name``) are left out, and the other files are returned as
+    skipped. `SiameseK3Error` when no image file is left; `name` names `paths` in it.
+    """
+    files, skipped = [], []
+    for path in map(os.fspath, paths):
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        found = []
+        for folder, subfolders, names in os.walk(path):
+            subfolders[:] = [entry for entry in subfolders if not entry.startswith(".")]
+            for entry in names:
+                if not entry.startswith("."):
+                    found.append(os.path.join(folder, entry))
+        for item in sorted(found):
+            (files if item.lower().endswith(IMAGE_SUFFIXES) else skipped).append(item)
+    if not files:
+        raise SiameseK3Error(
+            f"{name} {' '.join(map(os.fspath, paths))} holds no image files ({', '.join(IMAGE_SUFFIXES)})."
+        )
+    return files, skipped

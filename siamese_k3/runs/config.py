@@ -7,7 +7,7 @@ reads it back, ignoring those facts.
 
 Each field is the CLI option of the same name (``batch_size`` is ``--batch-size``);
 error messages name the option. Fields left at None take the recipe's value
-(`siamese_k3.recipes`), so ``TrainConfig.from_recipe("strong", epochs=2)`` is the
+(`siamese_k3.runs.recipes`), so ``TrainConfig.from_recipe("strong", epochs=2)`` is the
 strong recipe for two epochs.
 """
 
@@ -15,7 +15,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from siamese_k3 import recipes
+from siamese_k3.runs import recipes
 from siamese_k3.checks import DISTANCES, MAX_SEED, check_choice, check_integer, check_learning_rate, check_margin
 from siamese_k3.errors import SiameseK3Error
 
@@ -154,11 +154,6 @@ class TrainConfig:
                 )
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise SiameseK3Error(f"data_dir={str(self.data_dir)!r} is not a folder: give the folder holding the dataset files.")
-
-
-def option(name):
-    """The CLI spelling of field `name`: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
 
 
 def _check_dataset(dataset):

@@ -24,8 +24,10 @@ import os
 import keras
 import numpy as np
 
-from siamese_k3 import calibration as calibrating
-from siamese_k3 import evaluation, plots
+from siamese_k3 import plots
+from siamese_k3.search import calibration as calibrating
+from siamese_k3.search import evaluation
+from siamese_k3.search.kernel import paired_distances
 from siamese_k3.data import offline_triplet_indices, take, verification_pair_indices
 from siamese_k3.errors import SiameseK3Error
 
@@ -42,7 +44,7 @@ class RunEvaluation:
     embeddings: object = None
     labels: object = None
     class_names: object = None
-    calibration: object = None  # a siamese_k3.calibration.Calibration, or None
+    calibration: object = None  # a siamese_k3.search.Calibration, or None
 
     def write_calibration(self, folder, fingerprint=None):
         """calibration.json and calibration.png (the curve), when the evaluation calibrated.
@@ -50,9 +52,7 @@ class RunEvaluation:
         `fingerprint`: the model's (`RunFolder.fingerprint`), saved in calibration.json and checked when read.
         """
         if self.calibration is not None:
-            calibration = dataclasses.replace(self.calibration, fingerprint=fingerprint or self.calibration.fingerprint)
-            calibration.save(os.path.join(folder, "calibration.json"))
-            calibration.plot(os.path.join(folder, "calibration.png"))
+            write_calibration(self.calibration, folder, fingerprint)
 
     def write_plots(self, folder, history=None):
         """distances.png, triplets.png, embeddings_pca.png (labelled runs) and loss.png (given `history`)."""
@@ -66,6 +66,16 @@ class RunEvaluation:
             )
 
 
+def write_calibration(calibration, folder, fingerprint=None):
+    """`calibration` as calibration.json and calibration.png (the curve) in `folder`.
+
+    `fingerprint`: the model's (`RunFolder.fingerprint`), saved in calibration.json and checked when read.
+    """
+    calibration = dataclasses.replace(calibration, fingerprint=fingerprint or calibration.fingerprint)
+    calibration.save(os.path.join(folder, "calibration.json"))
+    calibration.plot(os.path.join(folder, "calibration.png"))
+
+
 def evaluate(config, facts, embedding_model, data):
     """`RunEvaluation` of a trained embedding model on the run's held-out data."""
     if "validation" in data:
@@ -75,7 +85,7 @@ def evaluate(config, facts, embedding_model, data):
     metrics = evaluation.retrieval_metrics(embeddings, labels, distance=config.distance)
     pairs, is_same = verification_pair_indices(labels, seed=config.seed)
     is_same = np.asarray(is_same).astype(bool)
-    distances = evaluation.paired_distances(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], config.distance)
+    distances = paired_distances(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], config.distance)
     metrics["verification"] = evaluation.verification_metrics(distances, is_same)
     metrics["raw_pixel_baseline"] = evaluation.raw_pixel_baseline(images, labels)
     metrics["collapse"] = collapse_metrics(embeddings, images, config.distance, seed=config.seed)
@@ -95,7 +105,7 @@ def calibrate_held_out(embeddings, labels, distance, seed=0, target_precision=No
     """(Calibration, summary): a threshold chosen on one half of the test split, measured on the other.
 
     The split is a seeded permutation; the threshold is the best F1's, or the
-    target's (`siamese_k3.calibration.calibrate`), on the pairs of the first half.
+    target's (`siamese_k3.search.calibration.calibrate`), on the pairs of the first half.
     The summary holds the threshold, its precision and recall on that half, and
     the precision and recall at that threshold on the pairs of the other half:
     what to expect on new data. None and an empty summary when the run fails to
@@ -125,11 +135,11 @@ def _evaluate_pairs(config, embedding_model, validation):
     anchor, positive, negative = validation.triplet_arrays()
     predict = lambda images: _float32(embedding_model.predict(images, batch_size=32, verbose=0))  # noqa: E731
     anchor_e, positive_e, negative_e = predict(anchor), predict(positive), predict(negative)
-    positive_d = evaluation.paired_distances(anchor_e, positive_e, config.distance)
-    negative_d = evaluation.paired_distances(anchor_e, negative_e, config.distance)
+    positive_d = paired_distances(anchor_e, positive_e, config.distance)
+    negative_d = paired_distances(anchor_e, negative_e, config.distance)
     is_same = np.concatenate([np.ones_like(positive_d, bool), np.zeros_like(negative_d, bool)])
     metrics = evaluation.verification_metrics(np.concatenate([positive_d, negative_d]), is_same)
-    cosine = lambda x, y: 1.0 - evaluation.paired_distances(x, y, "cosine")  # noqa: E731
+    cosine = lambda x, y: 1.0 - paired_distances(x, y, "cosine")  # noqa: E731
     metrics["mean_cosine_similarity_anchor_positive"] = float(np.mean(cosine(anchor_e, positive_e)))
     metrics["mean_cosine_similarity_anchor_negative"] = float(np.mean(cosine(anchor_e, negative_e)))
     metrics["num_validation_pairs"] = int(len(anchor))
@@ -170,7 +180,7 @@ def _spread(rows, distance, seed, pairs):
     rng = np.random.default_rng(seed)
     first, second = rng.integers(0, len(rows), (2, pairs))
     keep = first != second
-    values = evaluation.paired_distances(rows[first[keep]], rows[second[keep]], distance)
+    values = paired_distances(rows[first[keep]], rows[second[keep]], distance)
     mean = float(np.mean(values)) if values.size else 0.0
     spread = float(np.std(values) / mean) if mean > 0 else 0.0
     return {"distinct_fraction": distinct, "distance_spread": spread}

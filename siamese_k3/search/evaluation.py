@@ -15,7 +15,7 @@ import numpy as np
 
 from siamese_k3.checks import check_distance
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.index import as_float_array, iter_exact_search, normalize_rows
+from siamese_k3.search.kernel import as_float_array, iter_exact_search
 
 STATISTICS = ("count", "mean", "std", "min", "25%", "50%", "75%", "max")
 
@@ -131,41 +131,6 @@ def _roc_auc(scores, positive):
     ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
     u_statistic = ranks[positive].sum() - n_positive * (n_positive + 1) / 2.0
     return float(u_statistic / (n_positive * n_negative))
-
-
-def paired_distances(x, y, distance="euclidean"):
-    """Distance between row i of `x` and row i of `y`, shape [B]; as in `siamese_k3.distances`."""
-    check_distance(distance)
-    x, y = as_float_array(x), as_float_array(y)
-    if distance == "cosine":
-        return 1.0 - np.sum(normalize_rows(x) * normalize_rows(y), axis=-1)
-    squared = np.sum((x - y) ** 2, axis=-1)
-    return squared if distance == "squared_euclidean" else np.sqrt(squared)
-
-
-def pairwise_distances(x, y=None, distance="euclidean"):
-    """Distance between every row of `x` [B, D] and every row of `y` [M, D] (default `x`): [B, M].
-
-    - ``"squared_euclidean"``: ||x - y||², expanded as ||x||² - 2 ⟨x, y⟩ + ||y||²,
-      clamped at 0;
-    - ``"euclidean"``: its square root;
-    - ``"cosine"``: 1 - ⟨x, y⟩ / (||x|| ||y||), norms clamped at 1e-12.
-
-    float32 inputs compute in float32, anything else in float64. When `y`
-    is omitted the diagonal is exactly 0.
-    """
-    check_distance(distance)
-    x = as_float_array(x)
-    same = y is None
-    y = x if same else as_float_array(y)
-    if distance == "cosine":
-        result = 1.0 - normalize_rows(x) @ normalize_rows(y).T
-    else:
-        result = np.sum(x * x, axis=1)[:, None] - 2.0 * (x @ y.T) + np.sum(y * y, axis=1)[None, :]
-        np.maximum(result, 0.0, out=result)
-    if same:
-        np.fill_diagonal(result, 0.0)
-    return np.sqrt(result) if distance == "euclidean" else result
 
 
 def retrieval_metrics(embeddings, labels, distance="euclidean", ks=(1, 5, 10), chunk_size=None):

@@ -12,7 +12,7 @@
 3. `fit` from the checkpoint's epoch, with the sampler continuing from that
    epoch, the optimizer and random-generator state restored: a resumed run
    equals an uninterrupted one;
-4. save the models and history, evaluate (`siamese_k3.run_evaluation`), write
+4. save the models and history, evaluate (`siamese_k3.runs.evaluation`), write
    metrics.json, then status ``finished``, and only then remove the checkpoint.
 
 Under data parallelism every process trains; only the chief (rank 0) writes
@@ -21,26 +21,26 @@ the run folder, saves and evaluates. Nothing here prints: messages go to the
 """
 
 import contextlib
+import dataclasses
 import inspect
 import logging
 import os
-import time
-import warnings
 
 import keras
 
-from siamese_k3 import backbones, losses, precision, run_evaluation
+from siamese_k3 import backbones, losses, precision
+from siamese_k3.runs import evaluation as run_evaluation
 from siamese_k3.backend import flush_denormals
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
-from siamese_k3.config import TrainConfig
-from siamese_k3.data import CLASS_NAMES, ClassBalancedBatches, PairedImageFolders, TripletBatches, load_dataset
-from siamese_k3.data.image_folders import find_pairs, split_pair_names
+from siamese_k3.runs.config import TrainConfig
+from siamese_k3.data import ClassBalancedBatches, TripletBatches
 from siamese_k3.errors import NonFiniteLossError, PeerTimeoutError, SiameseK3Error
-from siamese_k3.interrupts import stop_on_signals
+from siamese_k3.runs.interrupts import stop_on_signals
 from siamese_k3.metrics import FractionPositiveTriplets
 from siamese_k3.models import MiningModel, SiameseModel, standalone_embedding
 from siamese_k3.parallel import DataParallel
-from siamese_k3.run_folder import FAILED, FINISHED, FORMAT, SCRATCH, UNFINISHED, RunFolder
+from siamese_k3.runs.data import load_data
+from siamese_k3.runs.folder import FAILED, FINISHED, FORMAT, SCRATCH, UNFINISHED, RunFolder
 
 logger = logging.getLogger("siamese_k3")
 
@@ -68,13 +68,45 @@ def train_run(config, out=None, overwrite=False, data_parallel=False, collective
     backbones.check_name(config.backbone)
     with stop_on_signals() as stop:  # SIGINT, SIGTERM: RunInterrupted within seconds, on every backend
         parallel = start_data_parallel(collective_timeout) if data_parallel else None
-        chief = parallel is None or parallel.is_chief
+        run = RunContext(config, folder, parallel, verbose, stop.callback)
         try:
-            with folder.lock(", or choose another folder") if chief else contextlib.nullcontext():
-                return folder, _train_locked(folder, config, overwrite, parallel, verbose, stop.callback)
+            with folder.lock(", or choose another folder") if run.chief else contextlib.nullcontext():
+                return folder, _train_locked(run, overwrite)
         finally:
             if parallel is not None:
                 parallel.stop()
+
+
+@dataclasses.dataclass
+class RunContext:
+    """One training run as it goes, handed from step to step (instead of loose parameters).
+
+    Set when the run starts: `config`, `folder` (the run folder), `parallel` (the `DataParallel`
+    engine, or None), `verbose` and `stop_callback` (`stop_on_signals`' callback, first of the
+    callbacks). Set once the data is read (`_train_locked`): `facts`, what config.json records
+    beside the config (backend, data-parallel layout, input shape, class names), and `data`. Set
+    once the folder is prepared: `work`, where it trains (`folder`, or under overwrite its scratch
+    sibling, which replaces it after one epoch), and `metadata`, the checkpoint's when resuming.
+    """
+
+    config: TrainConfig
+    folder: RunFolder
+    parallel: object
+    verbose: object
+    stop_callback: object
+    facts: dict = dataclasses.field(default_factory=dict)
+    data: dict = None
+    work: RunFolder = None
+    metadata: dict = None
+
+    @property
+    def chief(self):
+        """True in the process that writes the run folder: the only one, or rank 0 of a data-parallel run."""
+        return self.parallel is None or self.parallel.is_chief
+
+    @property
+    def backend(self):
+        return self.facts["backend"]
 
 
 def start_data_parallel(collective_timeout):
@@ -87,18 +119,19 @@ def start_data_parallel(collective_timeout):
         raise SiameseK3Error(f"data_parallel=True: {error}") from None
 
 
-def _train_locked(folder, config, overwrite, parallel, verbose, stop_callback):
-    chief = parallel is None or parallel.is_chief
-    backend = keras.backend.backend()
+def _train_locked(run, overwrite):
+    config, parallel = run.config, run.parallel
     keras.utils.set_random_seed(config.seed)
     flush_denormals()
-    facts = {"backend": backend}
+    layout = {}
     if parallel is not None:
-        facts["data_parallel_devices"] = _check_data_parallel(parallel, config.train_batch_size)
-        facts["data_parallel_processes"] = parallel.processes
-    data = load_data(config, facts)  # data problems surface here, before the folder changes
-    with folder.prepare(config, overwrite) if chief else _follow(folder) as (work, metadata):
-        return _train_prepared(folder, work, metadata, config, facts, data, parallel, verbose, stop_callback)
+        layout = {"data_parallel_devices": _check_data_parallel(parallel, config.train_batch_size),
+                  "data_parallel_processes": parallel.processes}  # fmt: skip
+    # data problems surface here, before the folder changes
+    run.data, data_facts = load_data(config, devices=layout.get("data_parallel_devices", 1))
+    run.facts = {"backend": keras.backend.backend(), **layout, **data_facts}
+    with run.folder.prepare(config, overwrite) if run.chief else _follow(run.folder) as (run.work, run.metadata):
+        return _train_prepared(run)
 
 
 @contextlib.contextmanager
@@ -107,26 +140,25 @@ def _follow(folder):
     yield folder, None
 
 
-def _train_prepared(folder, work, metadata, config, facts, data, parallel, verbose, stop_callback):
-    """Train in `work` (`folder`, or under --overwrite its scratch sibling, which replaces it after one epoch)."""
-    chief = parallel is None or parallel.is_chief
-    backend = facts["backend"]
-    if chief:
-        if metadata is not None:
-            logger.info(f"Resuming the unfinished run in {folder.path} after epoch {metadata['epoch']}")
-        work.write_json("config.json", {"format": FORMAT, **config.to_dict(), **facts})
-        work.write_status(UNFINISHED, backend)
+def _train_prepared(run):
+    """Train in `run.work` (the run folder, or under --overwrite its scratch sibling, which replaces it after one epoch)."""
+    config, folder, parallel = run.config, run.folder, run.parallel
+    if run.chief:
+        if run.metadata is not None:
+            logger.info(f"Resuming the unfinished run in {folder.path} after epoch {run.metadata['epoch']}")
+        run.work.write_json("config.json", {"format": FORMAT, **config.to_dict(), **run.facts})
+        run.work.write_status(UNFINISHED, run.backend)
     if parallel is not None:
         parallel.barrier()  # the chief has prepared the folder (and its scratch sibling under overwrite)
-        if not chief:  # the chief's checkpoint, read from the folder it prepared
+        if not run.chief:  # the chief's checkpoint, read from the folder it prepared
             scratch = RunFolder(folder.sibling(SCRATCH))
-            work = scratch if os.path.isdir(scratch.path) else folder
-            metadata = RunCheckpoint.read(work.checkpoint)
+            run.work = scratch if os.path.isdir(scratch.path) else folder
+            run.metadata = RunCheckpoint.read(run.work.checkpoint)
+    work = run.work
     precision.set_precision(config.mixed_precision)
     try:
         model, embedding_model, checkpoint = _fit(
-            data, config, facts, work, metadata, parallel, chief, verbose, stop_callback,
-            _ReplaceAfterCheckpoint(folder, work) if chief and work.path != folder.path else None,
+            run, _ReplaceAfterCheckpoint(folder, work) if run.chief and work.path != folder.path else None,
         )
         if parallel is not None:
             parallel.barrier()  # every process is done with the collectives before any leaves
@@ -135,23 +167,23 @@ def _train_prepared(folder, work, metadata, config, facts, data, parallel, verbo
             " Rerunning the same command resumes it from the last finished epoch."
             if os.path.isfile(os.path.join(work.checkpoint, RunCheckpoint.METADATA)) else ""
         )
-        if chief:
-            work.write_status(FAILED, backend, f"{error}{resumable}")
+        if run.chief:
+            work.write_status(FAILED, run.backend, f"{error}{resumable}")
         kept = f" The run it was to replace, in {folder.path}, is kept as it was." if work.path != folder.path else ""
         raise NonFiniteLossError(f"{error} The run in {work.path} is marked failed.{resumable}{kept}") from None
     except KeyboardInterrupt as error:  # SIGINT, SIGTERM (RunInterrupted): unfinished, resumable
-        if chief:
-            work.write_status(UNFINISHED, backend, f"{error or 'interrupted'}: rerun the same command to resume")
+        if run.chief:
+            work.write_status(UNFINISHED, run.backend, f"{error or 'interrupted'}: rerun the same command to resume")
         raise
     finally:
         precision.set_precision(None)
         if parallel is not None:
             parallel.stop()  # saving and evaluating below run in the chief alone (a second stop is a no-op)
-    if not chief:
+    if not run.chief:
         return None
     if work.path != folder.path:  # trained no epoch here (resumed past the last): replace the old run now
         folder.replace_with(work)
-    return _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel)
+    return _finish(run, model, embedding_model, checkpoint)
 
 
 class _ReplaceAfterCheckpoint(keras.callbacks.Callback):
@@ -167,21 +199,22 @@ class _ReplaceAfterCheckpoint(keras.callbacks.Callback):
             self.checkpoint.folder = self.work.checkpoint
 
 
-def _finish(folder, config, facts, data, model, embedding_model, checkpoint, parallel):
+def _finish(run, model, embedding_model, checkpoint):
     """Save, evaluate and mark the run finished; the checkpoint goes last, so any kill before resumes."""
+    folder = run.folder
     folder.save_model(embedding_model, "embedding.keras")
     folder.save_model(model, "model.keras")
-    if parallel is not None:  # the trained weights may live across processes: evaluate a local copy
+    if run.parallel is not None:  # the trained weights may live across processes: evaluate a local copy
         embedding_model = keras.models.load_model(folder.file("embedding.keras"))
     history = checkpoint.history()
     folder.write_json("history.json", history)
-    evaluation = run_evaluation.evaluate(config, facts, embedding_model, data)
+    evaluation = run_evaluation.evaluate(run.config, run.facts, embedding_model, run.data)
     evaluation.write_plots(folder.path, history)
     evaluation.write_calibration(folder.path, fingerprint=folder.fingerprint())
     metrics = evaluation.metrics
     metrics["train_seconds"] = round(checkpoint.seconds, 1)
     folder.write_json("metrics.json", metrics)
-    folder.write_status(FINISHED, facts["backend"])
+    folder.write_status(FINISHED, run.backend)
     folder.remove_checkpoint()
     return metrics
 
@@ -198,47 +231,6 @@ def _check_data_parallel(parallel, batch_size):
 # --------------------------------------------------------------------------
 # data and backbone
 # --------------------------------------------------------------------------
-
-
-def load_data(config, facts):
-    """The run's data: {x_train, y_train, x_test, y_test}, or {train, validation} for pairs:DIR.
-
-    Records the input shape (and class names) in `facts`.
-    """
-    if config.pairs_dir:
-        return _pairs_data(config, facts)
-    (x_train, y_train), (x_test, y_test) = load_dataset(config.dataset, data_dir=config.data_dir)
-    facts["input_shape"] = list(x_train.shape[1:])
-    facts["class_names"] = CLASS_NAMES.get(config.dataset.replace("-", "_"))
-    return {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test}
-
-
-def _pairs_data(config, facts):
-    directory, size = config.pairs_dir, config.image_size
-    options = dict(
-        target_shape=(size, size), batch_size=config.batch_size, seed=config.seed,
-        validation_split=config.validation_split, skip_unpaired=config.skip_unpaired,
-    )
-    facts["input_shape"] = [size, size, 3]
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        train = PairedImageFolders(directory, subset="training", **options)
-        # Validation batches may be smaller than training ones: a batch needs one spare pair for negatives.
-        names = find_pairs(directory, skip_unpaired=config.skip_unpaired, verify=False)
-        held_out = len(split_pair_names(names, config.validation_split, "validation", config.seed))
-        devices = facts.get("data_parallel_devices", 1)  # a batch must split evenly over them
-        if held_out < 1 + devices:
-            raise SiameseK3Error(
-                f"validation_split={config.validation_split} holds out {held_out} pair of "
-                f"{len(names)} in {directory}: validation needs at least {1 + devices}; "
-                "raise the validation split or add pairs."
-            )
-        options["batch_size"] = min(config.batch_size, held_out - 1) // devices * devices
-        # `train` has just verified every image of both subsets (find_pairs checks all pairs before the split).
-        validation = PairedImageFolders(directory, subset="validation", shuffle=False, verify_images=False, **options)
-    for message in dict.fromkeys(str(warning.message) for warning in caught):
-        logger.warning(message)
-    return {"train": train, "validation": validation}
 
 
 def build_backbone(config, input_shape):
@@ -262,13 +254,15 @@ def build_backbone(config, input_shape):
 # --------------------------------------------------------------------------
 
 
-def _fit(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace=None):
-    with parallel.scope() if parallel is not None else contextlib.nullcontext():  # tf.distribute mirrors the variables
-        return _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace)
+def _fit(run, replace=None):
+    """Build, compile and `fit` the model from the run's checkpoint; (model, embedding model, checkpoint)."""
+    with run.parallel.scope() if run.parallel is not None else contextlib.nullcontext():  # tf.distribute mirrors the variables
+        return _fit_in_scope(run, replace)
 
 
-def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbose, stop_callback, replace):
-    backbone = build_backbone(config, facts["input_shape"])
+def _fit_in_scope(run, replace):
+    config, data, parallel = run.config, run.data, run.parallel
+    backbone = build_backbone(config, run.facts["input_shape"])
     model, train_data, validation, compile_options = _model_and_batches(backbone, data, config)
     schedule = keras.optimizers.schedules.CosineDecay(
         config.learning_rate, decay_steps=max(1, config.epochs * len(train_data))
@@ -281,15 +275,15 @@ def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbos
             model.build(keras.tree.map_structure(lambda part: (None, *part.shape[1:]), inputs))
         else:
             model(tuple(part[:1] for part in inputs) if isinstance(model, SiameseModel) else inputs[:1])
-    checkpoint = RunCheckpoint(folder.checkpoint, writer=chief)
+    checkpoint = RunCheckpoint(run.work.checkpoint, writer=run.chief)
     checkpoint.set_model(model)
-    initial_epoch = checkpoint.restore(metadata)
+    initial_epoch = checkpoint.restore(run.metadata)
     if hasattr(train_data, "set_epoch"):  # the batches continue where the checkpoint stopped
         train_data.set_epoch(initial_epoch)
     # The signal check first: an interrupted epoch is never checkpointed.
     if replace is not None:  # after the checkpoint: the new run replaces the old once it can resume
         replace.checkpoint = checkpoint
-    callbacks = [stop_callback, StopOnNonFiniteLoss(), _validation_callback(data, config, backbone), checkpoint, replace]
+    callbacks = [run.stop_callback, StopOnNonFiniteLoss(), _validation_callback(data, config, backbone), checkpoint, replace]
     if parallel is not None:
         inputs = parallel.fit_inputs(train_data, validation)
     else:
@@ -299,7 +293,7 @@ def _fit_in_scope(data, config, facts, folder, metadata, parallel, chief, verbos
         # keras' own shuffling of their order would draw from the process's global RNG.
         model.fit(
             **inputs, epochs=config.epochs, initial_epoch=initial_epoch, shuffle=False,
-            callbacks=[callback for callback in callbacks if callback is not None], verbose=verbose,
+            callbacks=[callback for callback in callbacks if callback is not None], verbose=run.verbose,
         )
     return model, standalone_embedding(backbone), checkpoint
 

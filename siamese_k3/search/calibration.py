@@ -36,7 +36,7 @@ import numpy as np
 
 from siamese_k3.checks import check_choice, check_distance, check_integer
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.evaluation import paired_distances
+from siamese_k3.search.kernel import paired_distances
 from siamese_k3.files import write_json
 from siamese_k3.plots import plot_calibration
 

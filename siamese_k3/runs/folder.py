@@ -17,9 +17,9 @@ A run folder (``siamese-k3 train --out RUN``, ``siamese_k3.train(out=RUN)``) hol
 - ``history.json`` (per-epoch logs), ``metrics.json`` (the evaluation),
   ``loss.png``, ``distances.png``, ``triplets.png``, ``embeddings_pca.png``;
 - ``calibration.json`` and ``calibration.png``: the "same or not" distance
-  threshold (`siamese_k3.calibration`), chosen on held-out data;
+  threshold (`siamese_k3.search.calibration`), chosen on held-out data;
 - ``index/``: a similarity index of a gallery (`siamese-k3 index`,
-  `siamese_k3.index.SimilarityIndex`), tied to this run by a fingerprint;
+  `siamese_k3.search.SimilarityIndex`), tied to this run by a fingerprint;
 - ``backup/``: the per-epoch checkpoint (`siamese_k3.callbacks.RunCheckpoint`),
   kept until ``metrics.json`` and ``status: finished`` are written, so an
   interruption anywhere resumes without retraining;
@@ -65,7 +65,7 @@ class RunFolder:
     """One run folder on disk (it need not exist yet): paths, status, config and checkpoint.
 
     It reads and writes files only; training, evaluation and inference live in
-    `siamese_k3.training`, `siamese_k3.run_evaluation` and `siamese_k3.inference`.
+    `siamese_k3.runs.training`, `siamese_k3.runs.evaluation` and `siamese_k3.runs.inference`.
     """
 
     def __init__(self, path):
@@ -372,3 +372,17 @@ def load_model(path):
             f"{path} cannot be loaded ({detail}): it is damaged or was written by "
             "other code; train the run again with overwrite=True to write it again."
         ) from None
+
+
+def check_finite_weights(model, path):
+    """`RunFolderError` naming the weights of `model` (read from `path`) that are NaN or inf: a diverged run."""
+    import keras
+    import numpy as np
+
+    bad = [weight.path for weight in model.weights if not np.all(np.isfinite(keras.ops.convert_to_numpy(weight)))]
+    if bad:
+        raise RunFolderError(
+            f"{path} has non-finite weights (NaN or inf) in {', '.join(bad[:3])}"
+            f"{' and others' if len(bad) > 3 else ''}: the training diverged; train it again with "
+            "overwrite=True and a lower learning rate."
+        )

@@ -1,4 +1,4 @@
-"""Triplet losses: plain functions of tensors, and thin Keras `Loss` classes.
+"""The triplet family: plain functions of tensors, and thin Keras `Loss` classes.
 
 Offline triplets (the seeds' setting) use `triplet_loss` on explicit
 (anchor, positive, negative) embeddings. Online mining (the TensorFlow Addons
@@ -20,7 +20,7 @@ import keras
 from keras import ops
 
 from siamese_k3.backend import distributed
-from siamese_k3.checks import check_choice, check_labels, check_margin
+from siamese_k3.checks import check_labels, check_margin
 from siamese_k3.distances import (
     check_distance,
     l2_normalize,
@@ -30,7 +30,6 @@ from siamese_k3.distances import (
 )
 
 __all__ = [
-    "pairwise_distance",
     "triplet_loss",
     "batch_all_triplet_loss",
     "batch_hard_triplet_loss",
@@ -40,7 +39,6 @@ __all__ = [
     "TripletBatchAllLoss",
     "TripletHardLoss",
     "TripletSemiHardLoss",
-    "get",
 ]
 
 
@@ -372,15 +370,3 @@ class TripletSemiHardLoss(_MiningLoss):
 
     def __init__(self, margin=1.0, distance="euclidean", normalize=False, name="triplet_semi_hard_loss", **kwargs):
         super().__init__(name=name, margin=margin, distance=distance, normalize=normalize, **kwargs)
-
-
-MINING_LOSSES = {
-    "semi_hard": TripletSemiHardLoss,
-    "batch_hard": TripletHardLoss,
-    "batch_all": TripletBatchAllLoss,
-}
-
-
-def get(name, **options):
-    """A mining loss by short name (``semi_hard``, ``batch_hard``, ``batch_all``)."""
-    return MINING_LOSSES[check_choice(name, MINING_LOSSES, "loss")](**options)
