@@ -107,7 +107,7 @@ def prepare_gallery(gallery, distance):
 
 
 def prepare_queries(queries, distance):
-    """([q, 1] [Q, D + 1], ||q||² [Q, 1] or zeros for cosine) for `_search_chunks`."""
+    """The queries with a column of ones, shape (Q, D + 1), and ||q||², shape (Q, 1) (zeros for cosine), for `search_chunks`."""
     if distance == "cosine":
         queries = normalize_rows(queries)
         norms = np.zeros((len(queries), 1), queries.dtype)
@@ -211,7 +211,7 @@ def _sorted_float32(indices, values, depth):
 
 
 def _distances(top_scores, norms, distance):
-    """d from the scores s of `_prepare_gallery`: 1 + s (cosine), max(s + ||q||², 0) and its root."""
+    """d from the scores s of `prepare_gallery`: 1 + s (cosine), max(s + ||q||², 0) and its root."""
     if distance == "cosine":
         return 1.0 + top_scores
     squared = np.maximum(top_scores + norms, 0.0)
