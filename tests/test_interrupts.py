@@ -468,7 +468,7 @@ def test_sigterm_stops_a_process_whose_peer_stops_answering_in_training(record_p
                 process.popen.kill()
             process.finish()
     errors = processes[0].error()
-    record_property("seconds_of_bound", f"{stopped} of {5 + 5}")
+    record_property("seconds_of_bound", f"{'none' if stopped is None else f'{stopped:.2f}'} of {5 + 5}")
     assert stopped is not None and stopped < 5 + 5, errors
     assert exited, errors
     if BACKEND != "torch":
