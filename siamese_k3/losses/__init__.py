@@ -13,31 +13,10 @@ Imports: keras, `siamese_k3.distances`, `siamese_k3.checks` and `siamese_k3.back
 """
 
 from siamese_k3.checks import check_choice
-from siamese_k3.losses.triplet import (
-    TripletBatchAllLoss,
-    TripletHardLoss,
-    TripletLoss,
-    TripletSemiHardLoss,
-    batch_all_triplet_loss,
-    batch_hard_triplet_loss,
-    fraction_positive_triplets,
-    semi_hard_triplet_loss,
-    triplet_loss,
-)
+from siamese_k3.losses import triplet
+from siamese_k3.losses.triplet import *  # noqa: F403 (the family's public names, `triplet.__all__`)
 
-__all__ = [
-    "triplet_loss",
-    "batch_all_triplet_loss",
-    "batch_hard_triplet_loss",
-    "semi_hard_triplet_loss",
-    "fraction_positive_triplets",
-    "TripletLoss",
-    "TripletBatchAllLoss",
-    "TripletHardLoss",
-    "TripletSemiHardLoss",
-    "MINING_LOSSES",
-    "get",
-]
+__all__ = [*triplet.__all__, "MINING_LOSSES", "get"]
 
 MINING_LOSSES = {
     "semi_hard": TripletSemiHardLoss,
