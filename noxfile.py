@@ -66,8 +66,8 @@ PARALLEL = ("-n", WORKERS, "--dist", "loadgroup")
 PARALLEL_TESTS = ("-n", WORKERS, "--dist", "load")
 # Backends whose `stop_bound` tests (how long a signal takes to end training in one process) run one at a
 # time. On jax and torch they share the two workers with the other `timed` tests and the distributed runs,
-# and every measured stop stayed far inside its bound (at most 2.3 s of 10, AMD EPYC, 2 cores, three CI
-# runs; each test records its own as the junit property seconds_of_bound). On TensorFlow, once in three
+# and every measured stop stayed far inside its bound (at most 2.3 s of 10, AMD EPYC, 2 cores, in two CI
+# runs and the trials before them; each test records its own as the junit property seconds_of_bound). On TensorFlow, once in three
 # such runs, a SIGTERM sent while two other TensorFlow processes were busy ended training only through
 # the 10 s grace period (11.8 s of the 15 allowed): those tests keep the machine to themselves there.
 TIMED_ALONE = ("tensorflow",)
