@@ -271,11 +271,11 @@ def tests(session, backend):
         return
     # the unit tests and the benchmark smoke, on the xdist workers (one collection, no idle worker between them)
     pytest(session, backend, "-m", f"(({unit}) or bench_smoke) and not timed", *PARALLEL)
-    timed = f"(({unit}) and timed) or distributed"
+    processes = f"(({unit}) and timed) or distributed"
     if backend in TIMED_ALONE:  # a signal's stop time, one test at a time; then the rest, as elsewhere
         pytest(session, backend, "-m", f"({unit}) and stop_bound", "-p", "no:xdist")
-        timed = f"({timed}) and not stop_bound"
-    pytest(session, backend, "-m", timed, *PARALLEL_TESTS)  # on the xdist workers, test by test
+        processes = f"({processes}) and not stop_bound"
+    pytest(session, backend, "-m", processes, *PARALLEL_TESTS)  # on the xdist workers, test by test
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
         session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")
