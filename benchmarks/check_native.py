@@ -22,12 +22,14 @@ from benchmarks import workload as wl
 from benchmarks.worker import build_keras_model
 
 
-def losses_per_step(workload, steps):
+def losses_per_step(workload, steps, implementations=None):
+    """{"keras": losses, impl: losses, ...} for every native loop of this backend, or those in `implementations`."""
     backend = keras.backend.backend()
     native = __import__(f"benchmarks.native_{backend}", fromlist=["implementations"])
     backbone = wl.build_backbone(workload.model, workload.image_size)
     data = wl.make_data(workload, wl.input_shape(backbone))
     loops = native.implementations(workload, data, *wl.layer_plan(backbone))
+    loops = [loop for loop in loops if implementations is None or loop.impl in implementations]
     # eager keras, one batch per call: the reference the natives are compared with.
     model = build_keras_model(workload, backbone, {"jit_compile": False, "steps_per_execution": 1})
     batches = wl.epoch_batches(workload, data, 0)[:steps]
@@ -55,9 +57,13 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=0)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--rtol", type=float, default=1e-4)
+    parser.add_argument("--implementations", nargs="+", metavar="IMPL",
+                        help="only these native loops (e.g. native; torch also has native_compiled); default: all")
     args = parser.parse_args(argv)
     workload = spec.Workload(args.model, args.loss, args.batch_size, args.steps, 1, args.image_size)
-    losses = losses_per_step(workload, args.steps)
+    losses = losses_per_step(workload, args.steps, args.implementations)
+    if len(losses) == 1:
+        parser.error(f"no native loop named {' or '.join(args.implementations)} on {keras.backend.backend()}")
     reference = np.array(losses["keras"])
     ok = True
     for impl, values in losses.items():

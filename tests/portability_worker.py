@@ -60,7 +60,9 @@ def save(directory, names):
         inputs = np.load(os.path.join(directory, f"{name}.inputs.npy"))
         backbone = BACKBONES[name]()
         model = SiameseModel(backbone, margin=0.5)
-        model.compile(optimizer=keras.optimizers.Adam(1e-2))
+        # TensorFlow without XLA: what is saved does not depend on how the two steps were compiled, and XLA's
+        # compile of the ResNet50 step was most of that worker's time (jax and torch keep their defaults).
+        model.compile(optimizer=keras.optimizers.Adam(1e-2), jit_compile=False if backend == "tensorflow" else None)
         rng = np.random.default_rng(1)
         triplets = tuple(
             rng.uniform(0, 255, (TRAIN_STEPS * BATCH_SIZE, *inputs.shape[1:])).astype("float32")
