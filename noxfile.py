@@ -18,7 +18,7 @@
 2. the unit tests marked ``timed`` (wall-clock bounds, races of real processes) and the
    distributed runs (``-m distributed``: 2-process data-parallel training launched as users
    launch it, torchrun, jax.distributed, TF_CONFIG, on CPU), test by test on the xdist workers;
-   on TensorFlow (`TIMED_ALONE`) those marked ``stop_bound`` first, by themselves, one per worker;
+   on TensorFlow (`TIMED_ALONE`) those marked ``stop_bound`` first, one at a time, with nothing else running;
 3. the fast path's suite (`FAST_PATH_SUITE`) on the newest keras release pyproject allows, skipped
    (saying so) when that release is the one `constraints.txt` pins, which step 1 already ran;
 4. on jax and torch, the same suite on the oldest keras pyproject allows (`constraints-keras-floor.txt`),
@@ -59,19 +59,19 @@ ONE_BACKEND = "torch"
 # Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
 # on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
-# --dist loadgroup: a module's tests share one worker (its module-scoped runs are made once), but for
-# the modules of many independent tests that conftest.py's SPREAD names, which go test by test.
-PARALLEL = ("-n", WORKERS, "--dist", "loadgroup")
-# --dist load: test by test, for suites without costly module-scoped fixtures (one file is most of them).
-PARALLEL_TESTS = ("-n", WORKERS, "--dist", "load")
-# Backends whose `stop_bound` tests (how long a signal takes to end training in one process) run first, by
-# themselves: two at a time on the two workers, one training process per core. On jax and torch they share
-# the two workers with the other `timed` tests and the distributed runs, and every measured stop stayed far
-# inside its bound (at most 2.3 s of 10, AMD EPYC, 2 cores, in two CI runs and the trials before them; each
-# test records its own as the junit property seconds_of_bound). On TensorFlow, once in three such runs, a
-# SIGTERM sent while two other TensorFlow processes were busy ended training only through the 10 s grace
-# period (11.8 s of the 15 allowed), so there they do not run beside the distributed runs; two at a time,
-# the largest of 16 measured stops was 3.0 s of 10 (one at a time: 2.3 s).
+# --dist load: test by test, whichever worker is free. Runs that many tests share are made once per pytest
+# call for both workers (conftest.py's `made_once`). Keeping each module on one worker (--dist loadgroup)
+# was slower: jax's unit tests 356 s against 302-318 s, TensorFlow's 635 s against 560-602 s (AMD EPYC,
+# 2 cores, CI runs): a worker then ends on a long module while the other has nothing left.
+PARALLEL = ("-n", WORKERS, "--dist", "load")
+# Backends whose `stop_bound` tests (how long a signal takes to end training in one process) run one at a
+# time. On jax and torch they share the two workers with the other `timed` tests and the distributed runs,
+# and every measured stop stayed far inside its bound (at most 2.3 s of 10, AMD EPYC, 2 cores, in two CI
+# runs and the trials before them; each test records its own as the junit property seconds_of_bound). On
+# TensorFlow, once in three such runs, a SIGTERM sent while two other TensorFlow processes were busy ended
+# training only through the 10 s grace period (11.8 s of the 15 allowed): those tests keep the machine to
+# themselves there. Two at a time (one training process per core) saved only 16 s of 122 in a CI run, and
+# a stop then took 7.6 s of its 15.
 TIMED_ALONE = ("tensorflow",)
 # What the fast path's keras range is checked with: the conformance suite, the internals
 # and canaries, the backend modules' own tests and the models'.
@@ -274,10 +274,10 @@ def tests(session, backend):
     # the unit tests and the benchmark smoke, on the xdist workers (one collection, no idle worker between them)
     pytest(session, backend, "-m", f"(({unit}) or bench_smoke) and not timed", *PARALLEL)
     processes = f"(({unit}) and timed) or distributed"
-    if backend in TIMED_ALONE:  # a signal's stop time, one training process per core; then the rest, as elsewhere
-        pytest(session, backend, "-m", f"({unit}) and stop_bound", *PARALLEL_TESTS)
+    if backend in TIMED_ALONE:  # a signal's stop time, one test at a time; then the rest, as elsewhere
+        pytest(session, backend, "-m", f"({unit}) and stop_bound", "-p", "no:xdist")
         processes = f"({processes}) and not stop_bound"
-    pytest(session, backend, "-m", processes, *PARALLEL_TESTS)  # on the xdist workers, test by test
+    pytest(session, backend, "-m", processes, *PARALLEL)  # on the xdist workers, test by test
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
         session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")
@@ -285,7 +285,7 @@ def tests(session, backend):
         session.log(f"keras newest: {newest or 'unknown (no index)'} instead of the pinned {pin}")
         session.install("-c", "constraints-torch.txt", "--upgrade", "--upgrade-strategy", "eager", "-e", f".[{backend},test]")
         keras_version(session, backend)
-        pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL_TESTS)
+        pytest(session, backend, *FAST_PATH_SUITE, *PARALLEL)
         session.install(*CONSTRAINTS, "-e", f".[{backend}]")  # back to the pins, for the portability session
     if backend in FLOOR_IN_PLACE:
         keras_floor_suite(session, backend)
@@ -307,7 +307,7 @@ def keras_floor(session, backend):
 def keras_floor_suite(session, backend):
     session.install("-c", "constraints-keras-floor.txt", "-e", f".[{backend},test]")
     keras_version(session, backend)
-    pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL_TESTS))
+    pytest(session, backend, *FAST_PATH_SUITE, *(session.posargs or PARALLEL))
 
 
 @nox.session
@@ -324,11 +324,11 @@ def portability(session):
     missing = [f"tests(backend='{backend}')" for backend, python in pythons.items() if not python.is_file()]
     if missing:
         session.error(f"portability's workers run in the tests sessions' virtualenvs: run nox -s {' '.join(missing)} first")
-    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch,test]")
+    session.install(*CONSTRAINTS, "-e", ".[jax,tensorflow,torch]", "pytest")
     workers = {f"SIAMESE_K3_PYTHON_{backend.upper()}": os.path.abspath(python) for backend, python in pythons.items()}
-    # on the two xdist workers, a module each: the save and load workers (mostly one core each, three at once)
-    # beside the runs of a user with several backends
-    session.run("python", "-m", "pytest", *DURATIONS, "-m", "portability", *(session.posargs or PARALLEL),
+    # one process: the save and load workers already run three at once (on two xdist workers beside the
+    # tests of a user with several backends, the session took as long: 158 s against 147 s)
+    session.run("python", "-m", "pytest", *DURATIONS, "-m", "portability", *session.posargs,
                 env={**workers, **compilation_cache(session.virtualenv.location), **compute_threads("torch"),
                      **quick_compiles("jax")})
 

@@ -30,26 +30,15 @@ def pytest_configure(config):
     config.addinivalue_line(
         "markers",
         "timed: asserts a wall-clock bound or races real processes (signals, locks, kills); nox runs these "
-        "after the unit tests, beside the distributed runs (on TensorFlow, those marked stop_bound first, by "
-        "themselves), and each records "
+        "after the unit tests, beside the distributed runs (on TensorFlow, those marked stop_bound first, one "
+        "at a time), and each records "
         "what it measured against its bound (junit property seconds_of_bound)",
     )
     config.addinivalue_line(
         "markers",
         "stop_bound: bounds how long a signal takes to end training in one process; on TensorFlow nox runs "
-        "these by themselves, one per worker (TIMED_ALONE in noxfile.py)",
+        "these one at a time (TIMED_ALONE in noxfile.py)",
     )
-
-
-# Under pytest-xdist's --dist loadgroup (nox), a module's tests stay together on one worker, so its
-# module-scoped runs are made once and its tests may share what they write, except in these modules:
-# many independent tests, spread one by one so that neither worker waits for one long module at the end.
-SPREAD = {
-    "test_conformance", "test_losses", "test_backend_tensorflow_arrays", "test_backend_fast_path",
-    "test_keras_internals", "test_training_mining", "test_precision", "test_metrics", "test_callbacks",
-    "test_backend_torch_steps", "test_backend_torch_adam", "test_backend_torch_forward", "test_backend_torch_kernels",
-    "test_distances", "test_benchmarks",
-}
 
 
 # The modules with the longest tests or module groups (worker-seconds in CI's junit reports, tests/slowest.py),
@@ -62,30 +51,9 @@ LONGEST_FIRST = (
 )
 
 
-# The same for the tests that start processes (nox's second pytest call: `timed` and `distributed`), test by
-# test, longest first (CI's junit reports, every backend): each starts on a free worker at once, and the
-# short signal and lock tests fill the workers' ends.
-LONGEST_TESTS_FIRST = (
-    "test_sigterm_stops_a_process_whose_peer_stops_answering_in_training",
-    "test_a_kill_9_in_training_then_the_same_command_gives_the_uninterrupted_run",
-    "test_two_processes_train_like_one",
-    "test_cli_two_processes",
-    "test_a_dead_worker_ends_the_run_and_the_same_command_resumes",
-    "test_mirrored_over_two_logical_cpus_trains_like_one_device",
-    "test_a_process_whose_peer_never_starts_gives_up_with_one_line",
-)
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        module = _module(item)
-        if module not in SPREAD:
-            item.add_marker(pytest.mark.xdist_group(module))
-    tests = {name: index for index, name in enumerate(LONGEST_TESTS_FIRST)}
-    rank = {module: len(tests) + index for index, module in enumerate(LONGEST_FIRST)}
-    # stable: every other test keeps its module's place and its own order within it
-    items.sort(key=lambda item: tests.get(item.originalname, rank.get(_module(item), len(tests) + len(rank))))
+    rank = {module: index for index, module in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(_module(item), len(rank)))  # stable: each module's own order is kept
 
 
 def _module(item):

@@ -29,18 +29,9 @@ HAS_PML = BACKEND == "torch" and importlib.util.find_spec("pytorch_metric_learni
 WORKLOADS = [("mlp", "triplet", 8), ("cnn", "semi_hard", 16), ("compact", "batch_all", 32),
              ("compact", "semi_hard", 32), ("cnn", "batch_all", 16)]  # fmt: skip
 EAGER_ONLY = WORKLOADS[3:]
-# check_native and train_core on the same workload run one after the other on one xdist worker, so that the
-# train_core processes find the programs check_native compiled in the compilers' caches (XLA's, inductor's).
-TRAIN_CORE = {WORKLOADS[0]: 2, WORKLOADS[2]: 1}  # workload: runs
 
 
-def _bench_group(workload):
-    return [pytest.mark.xdist_group("bench-" + "-".join(map(str, workload)))] if workload in TRAIN_CORE else []
-
-
-@pytest.mark.parametrize(
-    "model, loss, batch_size", [pytest.param(*workload, marks=_bench_group(workload)) for workload in WORKLOADS]
-)
+@pytest.mark.parametrize("model, loss, batch_size", WORKLOADS)
 def test_check_native_first_losses_equal_keras(model, loss, batch_size):
     argv = ["--model", model, "--loss", loss, "--batch-size", str(batch_size), "--steps", "2"]
     if (model, loss, batch_size) in EAGER_ONLY:
@@ -61,10 +52,7 @@ def test_check_native_refuses_a_loop_this_backend_lacks(capsys):
 # above (the same `implementations` and `build_keras_model`); the worker's timing code does not depend on the
 # model. At check_native's batch sizes: the same programs, which the compilers' caches (XLA's, torch
 # inductor's) then hold.
-@pytest.mark.parametrize(
-    "model, loss, batch_size, runs",
-    [pytest.param(*workload, runs, marks=_bench_group(workload)) for workload, runs in TRAIN_CORE.items()],
-)
+@pytest.mark.parametrize("model, loss, batch_size, runs", [(*WORKLOADS[0], 2), (*WORKLOADS[2], 1)])
 def test_train_core_rows_and_table(model, loss, batch_size, runs, tmp_path):
     out = tmp_path / "rows.json"
     argv = ["--backends", BACKEND, "--model", model, "--loss", loss, "--batch-size", str(batch_size), "--steps", "2",
