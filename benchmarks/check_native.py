@@ -30,6 +30,8 @@ def losses_per_step(workload, steps, implementations=None):
     data = wl.make_data(workload, wl.input_shape(backbone))
     loops = native.implementations(workload, data, *wl.layer_plan(backbone))
     loops = [loop for loop in loops if implementations is None or loop.impl in implementations]
+    if not loops:  # before any step is taken
+        raise LookupError(f"no native loop named {' or '.join(implementations)} on {backend}")
     # eager keras, one batch per call: the reference the natives are compared with.
     model = build_keras_model(workload, backbone, {"jit_compile": False, "steps_per_execution": 1})
     batches = wl.epoch_batches(workload, data, 0)[:steps]
@@ -61,9 +63,10 @@ def main(argv=None):
                         help="only these native loops (e.g. native; torch also has native_compiled); default: all")
     args = parser.parse_args(argv)
     workload = spec.Workload(args.model, args.loss, args.batch_size, args.steps, 1, args.image_size)
-    losses = losses_per_step(workload, args.steps, args.implementations)
-    if len(losses) == 1:
-        parser.error(f"no native loop named {' or '.join(args.implementations)} on {keras.backend.backend()}")
+    try:
+        losses = losses_per_step(workload, args.steps, args.implementations)
+    except LookupError as error:
+        parser.error(str(error))
     reference = np.array(losses["keras"])
     ok = True
     for impl, values in losses.items():

@@ -41,7 +41,7 @@ def pytest_configure(config):
     )
 
 
-# The modules with the longest tests or module groups (worker-seconds in CI's junit reports, tests/slowest.py),
+# The modules with the longest tests (worker-seconds in CI's junit reports, tests/slowest.py),
 # longest first: collected first, so the xdist workers start them first and end on the many short tests
 # rather than one waiting while the other finishes a long module. Every other module keeps its place after them.
 LONGEST_FIRST = (
