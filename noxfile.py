@@ -34,6 +34,7 @@ default list, prints one row per session with its wall time.
 import inspect
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -59,8 +60,8 @@ ONE_BACKEND = "torch"
 # Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
 # on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
-# --dist load: test by test, whichever worker is free. Runs that many tests share are made once per pytest
-# call for both workers (conftest.py's `made_once`). Keeping each module on one worker (--dist loadgroup)
+# --dist load: test by test, whichever worker is free. Runs that many tests share are made once per session
+# for all its pytest calls and both workers (`shared_runs`, conftest.py's `made_once`). Keeping each module on one worker (--dist loadgroup)
 # was slower: jax's unit tests 356 s against 302-318 s, TensorFlow's 635 s against 560-602 s (AMD EPYC,
 # 2 cores, CI runs): a worker then ends on a long module while the other has nothing left.
 PARALLEL = ("-n", WORKERS, "--dist", "load")
@@ -156,16 +157,26 @@ def install_isolated(session, backend, constraints):
     )
 
 
-def pytest(session, backend, *arguments):
+def pytest(session, backend, *arguments, env=None):
     # python -m pytest: the repository root (the benchmarks package) on sys.path, as the launchers need
     env = {"KERAS_BACKEND": backend, **compilation_cache(session.virtualenv.location), **compute_threads(backend),
-           **quick_compiles(backend)}
+           **quick_compiles(backend), **(env or {})}
     _CALLS[session.name] = _CALLS.get(session.name, 0) + 1  # every test's time, for a closer look than DURATIONS
     report = os.path.join(session.virtualenv.location, f"pytest-{_CALLS[session.name]}.xml")
     session.run("python", "-m", "pytest", *DURATIONS, f"--junitxml={report}", *arguments, env=env)
 
 
 _CALLS = {}
+
+
+def shared_runs(session):
+    """Environment naming an empty folder in which tests/conftest.py's `made_once` makes the finished runs that
+    many tests only read (`finished_run`, `resume_reference`), once for all of this session's pytest calls at
+    the pinned keras, instead of once per call: each is a toy training of 15-20 s on TensorFlow. The keras
+    range's calls (another keras) make their own."""
+    folder = Path(session.virtualenv.location, "shared-runs")
+    shutil.rmtree(folder, ignore_errors=True)  # a run of an earlier session, or of other code: never reused
+    return {"SIAMESE_K3_TEST_SHARED": str(folder.resolve())}
 
 
 def compute_threads(backend, workers=WORKERS):
@@ -223,7 +234,10 @@ def compilation_cache(venv):
 
 
 def keras_version(session, backend):
-    session.run("python", "-c", "import keras; print('keras', keras.__version__)", env={"KERAS_BACKEND": backend})
+    """Print the keras and backend releases installed (their metadata: importing them took 6-9 s; pytest does next)."""
+    names = ["keras", {"tensorflow": "tensorflow-cpu"}.get(backend, backend)]
+    session.run("python", "-c", "import importlib.metadata as m; "
+                f"print(*(f'{{n}} {{m.version(n)}}' for n in {names!r}), sep=', ')")
 
 
 def newest_keras():
@@ -271,13 +285,14 @@ def tests(session, backend):
     if session.posargs:
         pytest(session, backend, "-m", unit, *session.posargs)
         return
+    shared = shared_runs(session)  # the runs many tests read, made once for the three calls at the pins
     # the unit tests and the benchmark smoke, on the xdist workers (one collection, no idle worker between them)
-    pytest(session, backend, "-m", f"(({unit}) or bench_smoke) and not timed", *PARALLEL)
+    pytest(session, backend, "-m", f"(({unit}) or bench_smoke) and not timed", *PARALLEL, env=shared)
     processes = f"(({unit}) and timed) or distributed"
     if backend in TIMED_ALONE:  # a signal's stop time, one test at a time; then the rest, as elsewhere
-        pytest(session, backend, "-m", f"({unit}) and stop_bound", "-p", "no:xdist")
+        pytest(session, backend, "-m", f"({unit}) and stop_bound", "-p", "no:xdist", env=shared)
         processes = f"({processes}) and not stop_bound"
-    pytest(session, backend, "-m", processes, *PARALLEL)  # on the xdist workers, test by test
+    pytest(session, backend, "-m", processes, *PARALLEL, env=shared)  # on the xdist workers, test by test
     newest, pin = newest_keras(), pinned("keras")
     if newest is not None and newest == pin:
         session.log(f"keras newest: skipped, the newest keras pyproject allows is {newest}, the pinned one (step 1 ran it)")

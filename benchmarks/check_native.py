@@ -17,7 +17,7 @@ import sys
 import keras
 import numpy as np
 
-from benchmarks import spec
+from benchmarks import native_common, spec
 from benchmarks import workload as wl
 from benchmarks.worker import build_keras_model
 
@@ -28,10 +28,8 @@ def losses_per_step(workload, steps, implementations=None):
     native = __import__(f"benchmarks.native_{backend}", fromlist=["implementations"])
     backbone = wl.build_backbone(workload.model, workload.image_size)
     data = wl.make_data(workload, wl.input_shape(backbone))
-    loops = native.implementations(workload, data, *wl.layer_plan(backbone))
-    loops = [loop for loop in loops if implementations is None or loop.impl in implementations]
-    if not loops:  # before any step is taken
-        raise LookupError(f"no native loop named {' or '.join(implementations)} on {backend}")
+    loops = native_common.select(native.implementations(workload, data, *wl.layer_plan(backbone)), implementations,
+                                 backend)  # before any step is taken
     # eager keras, one batch per call: the reference the natives are compared with.
     model = build_keras_model(workload, backbone, {"jit_compile": False, "steps_per_execution": 1})
     batches = wl.epoch_batches(workload, data, 0)[:steps]

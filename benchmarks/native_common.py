@@ -10,6 +10,18 @@ batch from the in-memory numpy arrays, run the step.
 from benchmarks.workload import epoch_batches
 
 
+def select(loops, implementations, backend):
+    """The loops named in `implementations` (all of them when it is None); LookupError, naming the backend's
+    loops, when none is named there: raised before any step is taken."""
+    if implementations is None:
+        return list(loops)
+    chosen = [loop for loop in loops if loop.impl in implementations]
+    if not chosen:
+        have = ", ".join(loop.impl for loop in loops) or "none"
+        raise LookupError(f"no native loop named {' or '.join(implementations)} on {backend} (it has: {have})")
+    return chosen
+
+
 class NativeLoop:
     impl = "native"
 

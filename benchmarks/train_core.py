@@ -44,6 +44,12 @@ def parse_args(argv=None):
         type=int,
         help="CPU threads per framework (OMP/MKL, TF intra-op, XLA); default: each framework's own default",
     )
+    parser.add_argument(
+        "--implementations",
+        nargs="+",
+        metavar="IMPL",
+        help="only these native loops beside keras (e.g. native; torch also has native_compiled); default: all",
+    )
     parser.add_argument("--runs", type=int, default=3, help="whole measurements, each in fresh processes (default 3)")
     parser.add_argument("--out", help="JSON path; .md and .png are written beside it (default benchmarks/results/<model>_<loss>.json)")
     launcher.add_worker_arguments(parser)
@@ -64,6 +70,8 @@ def run_backend(backend, args):
         "--steps", str(args.steps), "--repeats", str(args.repeats), "--compile", args.compile,
         "--image-size", str(args.image_size),
     ]  # fmt: skip
+    if args.implementations:
+        argv += ["--implementations", *args.implementations]
     return launcher.run_in_backend(backend, "benchmarks.train_core", argv, args.threads)
 
 
@@ -93,7 +101,11 @@ def main(argv=None):
     if args.worker:
         from benchmarks import worker
 
-        worker.main(args.worker, _workload(args), compile_kwargs, args.worker_out, launcher.log)
+        try:
+            worker.main(args.worker, _workload(args), compile_kwargs, args.worker_out, launcher.log, args.implementations)
+        except LookupError as error:  # a loop this backend lacks: one line, and the launcher reports the backend failed
+            launcher.log(f"[{args.worker}] {error}")
+            return 2
         return 0
     backends = [name.strip() for name in args.backends.split(",") if name.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))

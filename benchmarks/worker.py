@@ -22,7 +22,7 @@ import time
 
 import keras
 
-from benchmarks import measure
+from benchmarks import measure, native_common
 from benchmarks import spec
 from benchmarks import workload as wl
 from siamese_k3.losses import TripletBatchAllLoss, TripletSemiHardLoss
@@ -89,8 +89,9 @@ def threads_used(backend):
     return f"{os.cpu_count()} ({origin})" if not setting else f"{setting} ({origin})"
 
 
-def run(backend, workload, compile_kwargs, log):
-    """The result rows of every implementation on `backend` (KERAS_BACKEND must already be it)."""
+def run(backend, workload, compile_kwargs, log, implementations=None):
+    """The result rows of keras and every native loop on `backend`, or those in `implementations`
+    (KERAS_BACKEND must already be it)."""
     native = importlib.import_module(f"benchmarks.native_{backend}")
     backbone = wl.build_backbone(workload.model, workload.image_size)
     data = wl.make_data(workload, wl.input_shape(backbone))
@@ -99,7 +100,8 @@ def run(backend, workload, compile_kwargs, log):
     threads = threads_used(backend) if not native.on_gpu() else ""
 
     try:
-        loops = native.implementations(workload, data, *wl.layer_plan(backbone))
+        loops = native_common.select(native.implementations(workload, data, *wl.layer_plan(backbone)),
+                                     implementations, backend)
     except NotImplementedError as error:
         log(f"[{backend}] no native baseline for {workload.model}: {error}")
         loops = []
@@ -168,7 +170,7 @@ def run(backend, workload, compile_kwargs, log):
     return rows
 
 
-def main(backend, workload, compile_kwargs, out_path, log):
-    rows = run(backend, workload, compile_kwargs, log)
+def main(backend, workload, compile_kwargs, out_path, log, implementations=None):
+    rows = run(backend, workload, compile_kwargs, log, implementations)
     with open(out_path, "w") as handle:
         json.dump(rows, handle)

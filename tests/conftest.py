@@ -4,6 +4,7 @@ import contextlib
 import io
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -66,6 +67,14 @@ def _seed():
     yield
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The xdist worker and the wall-clock start of each test (before its fixtures), as junit properties: how the
+    workers shared a pytest call, and which test ended it alone, can be read from CI's reports
+    (``python tests/slowest.py --workers REPORT``)."""
+    item.user_properties += [("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")), ("started", f"{time.time():.1f}")]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
@@ -81,24 +90,31 @@ class FinishedRun(NamedTuple):
 
 
 def made_once(tmp_path_factory, name, make):
-    """A folder `make(folder)` filled, once per pytest call; the folder.
+    """A folder `make(folder)` filled once, and shared; the folder.
 
-    Under pytest-xdist the workers share it: the first to ask makes it, under a
-    lock, in the folder above the workers' own temporary folders, and the others
-    wait for it and reuse it.
+    Shared by the pytest-xdist workers of a pytest call and, where
+    ``SIAMESE_K3_TEST_SHARED`` names a folder (each ``nox -s tests`` session
+    names a fresh one), by every pytest call of the session: the first to ask
+    makes it, under a lock, and the others wait for it and reuse it. Without
+    either, a pytest call makes its own.
     """
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
+    shared = os.environ.get("SIAMESE_K3_TEST_SHARED")
+    if shared:
+        shared = Path(shared)
+        shared.mkdir(parents=True, exist_ok=True)
+    elif os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = tmp_path_factory.getbasetemp().parent  # the folder above the workers' own temporary folders
+    else:
         folder = tmp_path_factory.mktemp(name)
         make(folder)
         return folder
     import fcntl
 
-    shared = tmp_path_factory.getbasetemp().parent
     folder, made = shared / name, shared / f"{name}.made"
     with open(shared / f"{name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not made.exists():
-            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed to make it left
+            shutil.rmtree(folder, ignore_errors=True)  # what a process that failed to make it left
             folder.mkdir()
             make(folder)
             made.write_text("")
@@ -118,7 +134,7 @@ def _cli_train(*argv):
 
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory):
-    """One finished 2-epoch run (`siamese-k3 train`, default recipe, toy 10-class data), made once per pytest call.
+    """One finished 2-epoch run (`siamese-k3 train`, default recipe, toy 10-class data), made once (`made_once`).
 
     Shared by every test that only reads a finished run (tests/README.md): a
     test that writes into a run takes `finished_run_copy` instead.
