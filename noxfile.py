@@ -31,6 +31,7 @@ CI's budget is 35 minutes on a 2-core machine (tests/README.md); the `timings` s
 default list, prints one row per session with its wall time.
 """
 
+import functools
 import inspect
 import json
 import os
@@ -226,6 +227,10 @@ def compilation_cache(venv):
     """
     folder = os.path.join(venv, "compilation-cache")
     return {
+        # torch inductor's (torch.compile's) cache, else /tmp/torchinductor_<user>, which outlives the clone: a
+        # second CI run on the same machine then timed warm compiles (check_native's three torch.compile checks
+        # took 5 s each instead of 30-45 s), where CI's fresh machine compiles cold
+        "TORCHINDUCTOR_CACHE_DIR": os.path.join(folder, "torchinductor"),
         "JAX_COMPILATION_CACHE_DIR": os.path.join(folder, "jax"),
         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
@@ -240,6 +245,7 @@ def keras_version(session, backend):
                 f"print(*(f'{{n}} {{m.version(n)}}' for n in {names!r}), sep=', ')")
 
 
+@functools.cache  # asked once per `nox` call, not once per backend
 def newest_keras():
     """The newest keras release pyproject allows, from the package index; None when the index can't be read."""
     try:

@@ -359,7 +359,8 @@ def test_nan_mid_run_keeps_the_last_good_epoch_and_the_same_command_resumes(tmp_
     """A NaN loss in epoch 2 of 3 stops the run; the rerun resumes at epoch 2 and finishes finite."""
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "r"),
-            "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet"]
+            "--epochs", "3", "--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--quiet",
+            "--no-plots"]
     epochs_ended = []
 
     class PoisonedOnce(training.ClassBalancedBatches):

@@ -18,7 +18,7 @@ from test_cli import TINY, write_clustered_idx
 BACKEND = keras.backend.backend()
 # One epoch of two steps: enough where a test needs a finished run with a property other than quality.
 SHORT = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "32", "--classes-per-batch", "4",
-         "--embedding-dim", "8", "--quiet"]
+         "--embedding-dim", "8", "--quiet", "--no-plots"]
 
 
 @pytest.fixture(scope="module")
@@ -228,7 +228,7 @@ def test_a_collapsed_embedding_is_flagged_and_strict_fails(tmp_path, capsys):
     """
     write_clustered_idx(tmp_path / "data", train=80, test=40)
     out = tmp_path / "run"
-    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), *TINY, "--learning-rate", "1e9"]
+    args = ["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), *TINY, "--learning-rate", "1e9", "--no-plots"]
     code = cli.main([*args, "--strict"])
     captured = capsys.readouterr()
     if code == 1 and "loss became" in captured.err:

@@ -38,6 +38,10 @@ def test_a_config_round_trips_through_its_dict_and_ignores_the_runs_facts():
     assert config.differences(saved) == []
     assert config.differences({**saved, "epochs": 9}) == ["epochs"]
     assert config.differences({**saved, "validation_size": 1}) == []  # what is logged, not what is trained
+    # what is drawn, not what is trained: a run resumes with or without --no-plots, and so does one saved
+    # before the option existed (no "plots" in its config.json)
+    assert TrainConfig.from_recipe("default", epochs=3, seed=7, plots=False).differences(saved) == []
+    assert config.differences({key: value for key, value in saved.items() if key != "plots"}) == []
 
 
 def test_train_batch_size_is_p_times_k_for_mining_losses():
@@ -68,6 +72,7 @@ def test_train_batch_size_is_p_times_k_for_mining_losses():
         ({"data_dir": "/no/such/folder"}, "data_dir='/no/such/folder' is not a folder",
          "--data-dir '/no/such/folder' is not a folder"),
         ({"epochs": 2.5}, "epochs=2.5 must be a positive integer", "--epochs 2.5 must be"),
+        ({"plots": "no"}, "plots='no' must be True or False", "plots='no' must be"),  # API only: no such flag
     ],
 )
 def test_a_bad_option_is_a_value_error_naming_it(options, fragment, on_the_command_line):

@@ -40,7 +40,7 @@ def trained_runs(finished_run, tmp_path_factory):
                 code = cli.main([
                     "train", "--data-dir", str(finished_run.root / "data"), "--out", str(out), "--backbone", backbone,
                     "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--classes-per-batch", "4",
-                    "--embedding-dim", "8", "--quiet",
+                    "--embedding-dim", "8", "--quiet", "--no-plots",
                 ])
                 assert code == 0
             assert json.loads((out / "config.json").read_text())["backbone"] == backbone

@@ -166,7 +166,7 @@ def test_mining_apart_would_differ():
 
 CLI = ["-m", "siamese_k3", "train", "--epochs", "2", "--steps-per-epoch", "3", "--embedding-dim", "8",
        "--batch-size", "16", "--classes-per-batch", "4", "--validation-size", "40", "--backbone", "mnist_dense",
-       "--quiet", "--collective-timeout", "120"]
+       "--quiet", "--no-plots", "--collective-timeout", "120"]
 
 
 @pytest.fixture(scope="module")

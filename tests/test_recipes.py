@@ -37,7 +37,7 @@ def test_strong_recipe_through_the_cli_with_overrides(tmp_path):
     out = tmp_path / "strong"
     code = cli.main(["train", "--recipe", "strong", "--data-dir", str(tmp_path / "data"), "--out", str(out),
                      "--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "16", "--classes-per-batch", "4",
-                     "--quiet"])
+                     "--quiet", "--no-plots"])
     assert code == 0
     config = read_json(out / "config.json")
     strong = recipes.LABELLED["strong"]

@@ -19,7 +19,7 @@ import pytest
 
 from siamese_k3 import cli
 from siamese_k3.runs import evaluation as run_evaluation, training
-from siamese_k3.runs.folder import RunFolder
+from siamese_k3.runs.folder import RUN_FILES, RunFolder
 
 from toy import COMMON, SMALL  # noqa: F401 (test_training_overwrite imports them from here)
 
@@ -116,6 +116,13 @@ def test_a_run_interrupted_at_each_epoch_boundary_resumes_to_the_uninterrupted_r
     assert cli.main(["train", "--data-dir", str(data_dir), "--out", str(out), *SMALL]) == 0
     assert "Resuming the unfinished run" in capsys.readouterr().out
     assert_same_run(out, uninterrupted)  # every epoch's history, the metrics, the weights; backup/ gone
+
+
+def test_a_run_with_no_plots_writes_every_file_but_the_pngs(uninterrupted):
+    """toy.SMALL trains with --no-plots: the run is finished and complete (calibration.json included), no PNG drawn."""
+    expected = {name for name in RUN_FILES if not name.endswith(".png")}
+    assert {name for name in RUN_FILES if (uninterrupted / name).exists()} == expected
+    assert read_json(uninterrupted / "config.json")["plots"] is False
 
 
 @pytest.mark.timed

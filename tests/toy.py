@@ -9,9 +9,11 @@ from siamese_k3.data.datasets import IDX_FILES
 
 # The short CLI training most tests use: 2 epochs of 6 steps on 8-d embeddings.
 TINY = ["--epochs", "2", "--steps-per-epoch", "6", "--batch-size", "32", "--classes-per-batch", "4", "--embedding-dim", "8", "--quiet"]
-# What the resume and overwrite tests train (tests/test_training*.py): 3 epochs of 3 steps, 40 validation images.
+# What the resume and overwrite tests train (tests/test_training*.py): 3 epochs of 3 steps, 40 validation images,
+# no PNGs (a resumed run is compared by its history, metrics and weights; matplotlib took 2-3 s of a toy run,
+# a third of it on torch; TINY's runs, `finished_run` among them, draw them).
 COMMON = ["--steps-per-epoch", "3", "--batch-size", "16", "--classes-per-batch", "4", "--embedding-dim", "8",
-          "--validation-size", "40", "--quiet"]
+          "--validation-size", "40", "--quiet", "--no-plots"]
 SMALL = ["--epochs", "3", *COMMON]
 
 

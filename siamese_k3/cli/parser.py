@@ -72,6 +72,8 @@ def build_parser():
                        help="--data-parallel: give up, with one line, when the other processes have not all "
                        "started, or do not answer a collective, for this long (default: %(default)s)")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
+    train.add_argument("--no-plots", dest="plots", action="store_false",
+                       help="draw no PNGs (loss, distances, triplets, embeddings, calibration curve); every JSON is written")
     train.add_argument("--strict", action="store_true",
                        help="exit 1 when the evaluation flags the embedding as collapsed (README, Nothing fails silently)")
 

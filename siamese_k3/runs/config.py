@@ -5,7 +5,8 @@ A run folder's ``config.json`` is `TrainConfig.to_dict` plus what the run found
 out (backend, input shape, class names, data-parallel layout); `TrainConfig.from_dict`
 reads it back, ignoring those facts.
 
-Each field is the CLI option of the same name (``batch_size`` is ``--batch-size``);
+Each field is the CLI option of the same name (``batch_size`` is ``--batch-size``,
+``plots=False`` is ``--no-plots``);
 error messages name the option. Fields left at None take the recipe's value
 (`siamese_k3.runs.recipes`), so ``TrainConfig.from_recipe("strong", epochs=2)`` is the
 strong recipe for two epochs.
@@ -56,6 +57,7 @@ class TrainConfig:
     validation_split: float = 0.2
     skip_unpaired: bool = False
     mixed_precision: Optional[str] = None
+    plots: bool = True
 
     @classmethod
     def from_recipe(cls, recipe="default", **options):
@@ -115,13 +117,15 @@ class TrainConfig:
     def differences(self, values):
         """Names of the fields whose value differs from `values` (a config.json dict), for resuming.
 
-        `validation_size` is left out: it changes what is logged, not what is trained.
+        `validation_size` and `plots` are left out: they change what is logged or drawn, not what is trained.
         """
-        ignored = {"validation_size"}
+        ignored = {"validation_size", "plots"}
         mine = self.to_dict()
         return sorted(key for key in mine if key not in ignored and values.get(key) != mine[key])
 
     def _check(self):
+        if not isinstance(self.plots, bool):
+            raise SiameseK3Error(f"plots={self.plots!r} must be True or False.")
         if not isinstance(self.backbone_options, dict):
             raise SiameseK3Error(f"backbone_options must be a dict of the backbone's arguments, got {self.backbone_options!r}.")
         check_choice(self.loss, LOSSES, "loss")

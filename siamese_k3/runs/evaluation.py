@@ -46,13 +46,13 @@ class RunEvaluation:
     class_names: object = None
     calibration: object = None  # a siamese_k3.search.Calibration, or None
 
-    def write_calibration(self, folder, fingerprint=None):
-        """calibration.json and calibration.png (the curve), when the evaluation calibrated.
+    def write_calibration(self, folder, fingerprint=None, plot=True):
+        """calibration.json and (`plot`) calibration.png (the curve), when the evaluation calibrated.
 
         `fingerprint`: the model's (`RunFolder.fingerprint`), saved in calibration.json and checked when read.
         """
         if self.calibration is not None:
-            write_calibration(self.calibration, folder, fingerprint)
+            write_calibration(self.calibration, folder, fingerprint, plot)
 
     def write_plots(self, folder, history=None):
         """distances.png, triplets.png, embeddings_pca.png (labelled runs) and loss.png (given `history`)."""
@@ -66,14 +66,15 @@ class RunEvaluation:
             )
 
 
-def write_calibration(calibration, folder, fingerprint=None):
-    """`calibration` as calibration.json and calibration.png (the curve) in `folder`.
+def write_calibration(calibration, folder, fingerprint=None, plot=True):
+    """`calibration` as calibration.json and (`plot`) calibration.png (the curve) in `folder`.
 
     `fingerprint`: the model's (`RunFolder.fingerprint`), saved in calibration.json and checked when read.
     """
     calibration = dataclasses.replace(calibration, fingerprint=fingerprint or calibration.fingerprint)
     calibration.save(os.path.join(folder, "calibration.json"))
-    calibration.plot(os.path.join(folder, "calibration.png"))
+    if plot:
+        calibration.plot(os.path.join(folder, "calibration.png"))
 
 
 def evaluate(config, facts, embedding_model, data):

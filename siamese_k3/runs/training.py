@@ -209,8 +209,9 @@ def _finish(run, model, embedding_model, checkpoint):
     history = checkpoint.history()
     folder.write_json("history.json", history)
     evaluation = run_evaluation.evaluate(run.config, run.facts, embedding_model, run.data)
-    evaluation.write_plots(folder.path, history)
-    evaluation.write_calibration(folder.path, fingerprint=folder.fingerprint())
+    if run.config.plots:
+        evaluation.write_plots(folder.path, history)
+    evaluation.write_calibration(folder.path, fingerprint=folder.fingerprint(), plot=run.config.plots)
     metrics = evaluation.metrics
     metrics["train_seconds"] = round(checkpoint.seconds, 1)
     folder.write_json("metrics.json", metrics)
