@@ -58,8 +58,8 @@ def test_select_keeps_the_named_loops_and_refuses_a_name_the_backend_lacks():
 # the per-run ratios and the median are checked, and once on the main job (a mining loss: the worker's
 # labelled-batch path). The cnn's native loops and keras models are the ones check_native builds and steps
 # above (the same `implementations` and `build_keras_model`); the worker's timing code does not depend on the
-# model. At check_native's batch sizes: the same programs, which the compilers' caches (XLA's, torch
-# inductor's) then hold. Beside keras, the eager native loop only (--implementations native): torch's
+# model. At check_native's batch sizes: the same programs, which XLA's cache then holds (jax, TensorFlow).
+# Beside keras, the eager native loop only (--implementations native): torch's
 # torch.compile'd loop is the same step function, checked against keras above, and compiling it again in
 # each fresh worker process cost the torch session about 60 worker-seconds.
 @pytest.mark.parametrize("model, loss, batch_size, runs", [(*WORKLOADS[0], 2), (*WORKLOADS[2], 1)])
