@@ -61,10 +61,11 @@ ONE_BACKEND = "torch"
 # Most of a test's time is one core busy tracing, compiling or starting a process, so two workers
 # on the 2-core CI machine finish the untimed tests in about half the time (tests/README.md).
 WORKERS = os.environ.get("SIAMESE_K3_TEST_WORKERS", "2")
-# --dist load: test by test, whichever worker is free. Runs that many tests share are made once per session
-# for all its pytest calls and both workers (`shared_runs`, conftest.py's `made_once`). Keeping each module on one worker (--dist loadgroup)
-# was slower: jax's unit tests 356 s against 302-318 s, TensorFlow's 635 s against 560-602 s (AMD EPYC,
-# 2 cores, CI runs): a worker then ends on a long module while the other has nothing left.
+# --dist load: test by test, whichever worker is free. Runs that many tests share are made once per session,
+# for all its pytest calls and both workers (`shared_runs`, conftest.py's `made_once`). Keeping each module on
+# one worker (--dist loadgroup) was slower: jax's unit tests 356 s against 302-318 s, TensorFlow's 635 s
+# against 560-602 s (AMD EPYC, 2 cores, CI runs): a worker then ends on a long module while the other has
+# nothing left.
 PARALLEL = ("-n", WORKERS, "--dist", "load")
 # Backends whose `stop_bound` tests (how long a signal takes to end training in one process) run one at a
 # time. On jax and torch they share the two workers with the other `timed` tests and the distributed runs,

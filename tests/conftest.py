@@ -72,7 +72,8 @@ def pytest_runtest_setup(item):
     """The xdist worker and the wall-clock start of each test (before its fixtures), as junit properties: how the
     workers shared a pytest call, and which test ended it alone, can be read from CI's reports
     (``python tests/slowest.py --workers REPORT``)."""
-    item.user_properties += [("worker", os.environ.get("PYTEST_XDIST_WORKER", "main")), ("started", f"{time.time():.1f}")]
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    item.user_properties += [("worker", worker), ("started", f"{time.time():.1f}")]
 
 
 @pytest.fixture

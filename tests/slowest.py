@@ -16,20 +16,19 @@ import xml.etree.ElementTree as ElementTree
 
 
 def cases(paths):
+    """(module, test name, seconds, junit properties) of every test in the reports."""
     for path in paths:
         for case in ElementTree.parse(path).getroot().iter("testcase"):
             properties = {item.get("name"): item.get("value") for item in case.iter("property")}
-            yield case, properties
+            yield case.get("classname", "").split(".")[-1], case.get("name"), float(case.get("time", 0)), properties
 
 
 def main(paths, top=25):
     per_module, counts, tests = collections.Counter(), collections.Counter(), []
-    for case, _ in cases(paths):
-        module = case.get("classname", "").split(".")[-1]
-        seconds = float(case.get("time", 0))
+    for module, name, seconds, _ in cases(paths):
         per_module[module] += seconds
         counts[module] += 1
-        tests.append((seconds, f"{module}::{case.get('name')}"))
+        tests.append((seconds, f"{module}::{name}"))
     print(f"{sum(per_module.values()):.0f} worker-seconds in {len(tests)} tests")
     for module, seconds in per_module.most_common(top):
         print(f"{seconds:8.1f} s  {counts[module]:5d}  {module}")
@@ -40,10 +39,9 @@ def main(paths, top=25):
 
 def workers(paths, last=3):
     runs = collections.defaultdict(list)  # worker -> [(start, seconds, test)]
-    for case, properties in cases(paths):
+    for module, name, seconds, properties in cases(paths):
         if "started" in properties:
-            runs[properties.get("worker", "?")].append(
-                (float(properties["started"]), float(case.get("time", 0)), f"{case.get('classname', '').split('.')[-1]}::{case.get('name')}"))
+            runs[properties.get("worker", "?")].append((float(properties["started"]), seconds, f"{module}::{name}"))
     if not runs:
         print("no worker properties in these reports (made before conftest.py recorded them)")
         return
