@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from siamese_k3.search import evaluation
-from siamese_k3.search.kernel import paired_distances
+from siamese_k3.search.kernel import paired_distance
 from siamese_k3.backend import distributed
 from siamese_k3.errors import NonFiniteLossError, RunFolderError, SiameseK3Error
 from siamese_k3.files import atomic_path, write_json
@@ -156,8 +156,8 @@ class PairValidation(_EmbeddingValidation):
         if not all(np.all(np.isfinite(part)) for part in (anchor, positive, negative)):
             return {"pair_roc_auc": float("nan")}
         distances = np.concatenate([
-            paired_distances(anchor, positive, self.distance),
-            paired_distances(anchor, negative, self.distance),
+            paired_distance(anchor, positive, self.distance),
+            paired_distance(anchor, negative, self.distance),
         ])
         is_same = np.arange(len(distances)) < len(anchor)
         return {"pair_roc_auc": evaluation.verification_metrics(distances, is_same)["roc_auc"]}

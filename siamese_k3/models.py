@@ -5,7 +5,8 @@ import numpy as np
 from keras import ops
 
 from siamese_k3.backend import distributed
-from siamese_k3.backend.fast_path import enabled_by_environment, path_of, progress_bar_callbacks
+from siamese_k3.backend.fast_path import enabled_by_environment, progress_bar_callbacks
+from siamese_k3.backend.registry import path_of
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.errors import SiameseK3Error

@@ -39,7 +39,7 @@ replica, which must divide evenly. What the replicas compute together:
   PyTorch the moving averages are averaged over the ranks after every step.
 """
 
-from siamese_k3.backend import distributed
+from siamese_k3.backend import distributed, registry
 from siamese_k3.backend.distributed import PeerTimeoutError  # noqa: F401 (raised by DataParallel)
 from siamese_k3.errors import SiameseK3Error
 
@@ -61,14 +61,14 @@ class DataParallel:
         PeerTimeoutError: (a RuntimeError, one line) the other processes did not
             all start within `timeout_seconds` (jax, tensorflow; torch raises
             its own `torch.distributed.DistStoreError`).
-        RuntimeError: on torch outside ``torchrun``.
+        SiameseK3Error: on torch outside ``torchrun`` (a ValueError).
 
     SIGINT and SIGTERM stop the startup's wait (a `KeyboardInterrupt`, or
     `siamese_k3.runs.interrupts.RunInterrupted` inside `stop_on_signals`).
     """
 
     def __init__(self, timeout_seconds=600):
-        self.engine = distributed.start(timeout_seconds=timeout_seconds)
+        self.engine = distributed.start(registry.current().engine, timeout_seconds=timeout_seconds)
         self.rank, self.processes, self.replicas = self.engine.rank, self.engine.processes, self.engine.replicas
 
     @property

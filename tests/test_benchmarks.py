@@ -126,3 +126,23 @@ def test_adam_update(capsys):
 
     assert adam_update.main(["--updates", "2", "--repeats", "1"]) == 0
     assert "| compact |" in capsys.readouterr().out
+
+
+@pytest.mark.backend_independent
+def test_recipe_variant_gives_its_values_as_flags_and_leaves_the_recipe(monkeypatch):
+    from benchmarks import recipe_variant
+    from siamese_k3 import cli
+    from siamese_k3.runs import recipes
+
+    called = []
+    monkeypatch.setattr(cli, "main", lambda argv: called.append(argv) or 0)
+    before = recipes.defaults("strong", pairs=False)
+    variant = '{"backbone_options": {"filters": [32, 64, 128]}, "epochs": 30, "margin": 0.5}'
+    assert recipe_variant.main([variant, "--out", "runs/v", "--backend", "jax"]) == 0
+    assert called == [["train", "--recipe", "strong", "--backbone-options", '{"filters": [32, 64, 128]}',
+                       "--epochs", "30", "--margin", "0.5", "--out", "runs/v", "--backend", "jax"]]
+    assert recipes.defaults("strong", pairs=False) == before
+    with pytest.raises(SystemExit, match="embedding_size not recipe values"):
+        recipe_variant.main(['{"embedding_size": 3}'])
+    with pytest.raises(SystemExit, match="not JSON"):
+        recipe_variant.main(["{epochs: 3}"])

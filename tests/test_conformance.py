@@ -92,7 +92,7 @@ import numpy as np
 import pytest
 
 import siamese_k3
-from siamese_k3.backend import fast_path
+from siamese_k3.backend import fast_path, registry
 from siamese_k3.backend.torch import forward
 
 pytestmark = pytest.mark.conformance
@@ -526,7 +526,7 @@ def _train(kind, case, fast, tmp):
     keras.utils.set_random_seed(SEED)
     model = _model(kind, case["backbone"])
     _compile(model, kind, fast, case["optimizer"])
-    assert fast_path.path_of(model) is (fast_path.backend_path() if fast else fast_path.KERAS)
+    assert registry.path_of(model) is (registry.current() if fast else fast_path.KERAS)
     recorder = Recorder()
     lambda_callback, lambda_calls = _lambda_recorder()
     extra = case["callbacks"](tmp) if case["callbacks"] else []
@@ -856,11 +856,11 @@ def test_the_environment_variable_turns_the_fast_path_off(monkeypatch):
     monkeypatch.setenv(fast_path.ENVIRONMENT_VARIABLE, "0")
     model = siamese_k3.MiningModel(_small_backbone())
     model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2))
-    assert fast_path.path_of(model) is fast_path.KERAS
+    assert registry.path_of(model) is fast_path.KERAS
     assert model.steps_per_execution == 1
     monkeypatch.setenv(fast_path.ENVIRONMENT_VARIABLE, "1")
     model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2))  # read at each compile
-    assert fast_path.path_of(model) is fast_path.backend_path()
+    assert registry.path_of(model) is registry.current()
     assert model.steps_per_execution == DEFAULT_STEPS
 
 
@@ -879,7 +879,7 @@ def test_random_layers_keep_keras_jit(variant):
 def test_fast_path_false_gives_keras_defaults(kind):
     model = _model(kind, "plain")
     _compile(model, kind, False)
-    assert fast_path.path_of(model) is fast_path.KERAS
+    assert registry.path_of(model) is fast_path.KERAS
     plain = _small_backbone()
     plain.compile(optimizer="adam", loss="mse")
     assert model.steps_per_execution == 1 == plain.steps_per_execution
@@ -905,7 +905,7 @@ def test_keras_version_tested(version, tested):
 
 
 def test_an_untested_keras_warns_once_and_turns_the_fast_path_off(monkeypatch):
-    fast_path._keras_tested.cache_clear()
+    fast_path.keras_tested.cache_clear()
     try:
         monkeypatch.setattr(keras, "__version__", "3.99.0")
         model = siamese_k3.MiningModel(_small_backbone())
@@ -913,10 +913,10 @@ def test_an_untested_keras_warns_once_and_turns_the_fast_path_off(monkeypatch):
             model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), fast_path=True)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            assert fast_path.path_of(model) is fast_path.KERAS
+            assert registry.path_of(model) is fast_path.KERAS
             model.compile(loss=siamese_k3.TripletBatchAllLoss(margin=0.2), fast_path=True)
         assert model.steps_per_execution == 1
     finally:
-        fast_path._keras_tested.cache_clear()
+        fast_path.keras_tested.cache_clear()
     monkeypatch.undo()
-    assert fast_path.path_of(model) is fast_path.backend_path()
+    assert registry.path_of(model) is registry.current()

@@ -8,7 +8,7 @@ import pytest
 
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.search.evaluation import distance_statistics, raw_pixel_baseline, retrieval_metrics, verification_metrics
-from siamese_k3.search.kernel import paired_distances, pairwise_distances
+from siamese_k3.search.kernel import paired_distance, pairwise_distance
 
 from references import reference_distance
 
@@ -41,21 +41,21 @@ def test_pairwise_and_paired_distances(distance, dtype):
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((5, 3)).astype(dtype), rng.standard_normal((4, 3)).astype(dtype)
     tolerance = 1e-4 if dtype == np.float32 else 1e-10
-    result = pairwise_distances(x, y, distance)
+    result = pairwise_distance(x, y, distance)
     assert result.shape == (5, 4) and result.dtype == dtype
     for i, j in itertools.product(range(5), range(4)):
         assert result[i, j] == pytest.approx(reference_distance(x[i], y[j], distance), abs=tolerance)
-    square = pairwise_distances(x, distance=distance)
+    square = pairwise_distance(x, distance=distance)
     assert np.all(np.diag(square) == 0.0)
     assert square[0, 1] == pytest.approx(reference_distance(x[0], x[1], distance), abs=tolerance)
-    paired = paired_distances(x[:4], y, distance)
+    paired = paired_distance(x[:4], y, distance)
     for i in range(4):
         assert paired[i] == pytest.approx(reference_distance(x[i], y[i], distance), abs=tolerance)
 
 
 def test_unknown_distance():
     with pytest.raises(ValueError, match="manhattan"):
-        pairwise_distances(np.ones((2, 2)), distance="manhattan")
+        pairwise_distance(np.ones((2, 2)), distance="manhattan")
 
 
 # --- verification -----------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_keras_still_swallows_an_interrupt_while_reading_the_logs():
 def test_tensorflow_cancellation_stops_a_running_function():
     import tensorflow as tf
 
-    from siamese_k3.backend import signals
+    from siamese_k3.backend import registry
 
     @tf.function(jit_compile=False)
     def slow(x):
@@ -158,7 +158,7 @@ def test_tensorflow_cancellation_stops_a_running_function():
         return x
 
     x = tf.ones((64, 64)) / 64
-    with signals.cancellable() as cancel:
+    with registry.current().cancellable() as cancel:
         threading.Timer(0.5, cancel).start()
         started = time.monotonic()
         with pytest.raises(tf.errors.CancelledError):

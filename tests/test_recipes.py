@@ -62,3 +62,39 @@ def test_another_backbone_drops_the_recipes_backbone_options(tmp_path, monkeypat
     config = handed["config"]
     assert config.recipe == "strong" and config.backbone == "fashion_mnist_dense" and config.backbone_options == {}
     assert config.loss == recipes.LABELLED["strong"]["loss"]
+
+
+@pytest.mark.backend_independent
+def test_recipes_are_values_nobody_changes():
+    """A variant is a recipe with options given, never a changed global: the recipes are read-only, and
+    `defaults` hands out a copy."""
+    with pytest.raises(TypeError):
+        recipes.LABELLED["strong"]["epochs"] = 3
+    with pytest.raises(TypeError):
+        recipes.LABELLED["strong"]["backbone_options"]["flip"] = False
+    values = recipes.defaults("strong", pairs=False)
+    values["backbone_options"]["filters"].append(256)
+    assert recipes.defaults("strong", pairs=False)["backbone_options"]["filters"] == [32, 64, 128]
+
+
+@pytest.mark.backend_independent
+def test_backbone_options_from_the_command_line(tmp_path, monkeypatch, capsys):
+    """`--backbone-options JSON` replaces the recipe's (checked on the `TrainConfig` the CLI builds); bad JSON is
+    one line, exit 2."""
+    handed = {}
+
+    def train(config, **options):
+        handed["config"] = config
+        raise SiameseK3Error("stop here")
+
+    monkeypatch.setattr(api, "train", train)
+    arguments = ["train", "--recipe", "strong", "--data-dir", str(tmp_path), "--out", str(tmp_path / "run")]
+    assert cli.main([*arguments, "--backbone-options", '{"filters": [16, 32], "flip": false}']) == 1
+    assert handed["config"].backbone_options == {"filters": [16, 32], "flip": False}
+    capsys.readouterr()
+    for bad in ("{filters: 1}", "[16, 32]"):
+        with pytest.raises(SystemExit) as exited:
+            cli.main([*arguments, "--backbone-options", bad])
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert "argument --backbone-options" in error and len(error.strip().splitlines()) == 1, error

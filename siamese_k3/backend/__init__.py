@@ -73,17 +73,3 @@ def quiet_framework_logs(backend):
     os.environ.update(chosen)
     return chosen
 
-
-def flush_denormals():
-    """Treat float32 denormals as zero on the CPU, as XLA (jax, tensorflow) already does.
-
-    PyTorch computes denormals exactly, which is many times slower on x86 CPUs: late
-    in training, Adam's second moments of tiny gradients fall into that range and
-    a torch epoch can take several times as long as the first.
-    """
-    import keras
-
-    if keras.backend.backend() == "torch":
-        import torch
-
-        torch.set_flush_denormal(True)

@@ -1,8 +1,10 @@
-"""The training fast path: one object per backend, chosen once, behind which keras' `fit` runs cheaper.
+"""The training fast path: what each backend does cheaper than keras' `fit`, and the helpers they share.
 
-`path_of(model)` is what the models ask; it returns the running backend's path,
-or keras' own (`FastPath`, every method keras' behaviour) when the fast path
-is off. Each backend's path lives in the module named for it:
+`FastPath` is keras' own path (every method keras' behaviour); each backend's
+`siamese_k3.backend.base.Backend` overrides what it does differently, and
+`siamese_k3.backend.registry.path_of(model)` is what the models ask: the
+running backend's, or `KERAS` when the fast path is off. Each backend's path
+lives in the package named for it:
 
 - jax (`siamese_k3.backend.jax`): compile defaults only, 32 steps per
   execution (fewer Python round trips between compiled steps), and a progress
@@ -111,13 +113,6 @@ class FastPath:
             _set_steps_per_execution(model, steps)
 
 
-def path_of(model):
-    """The path `model` trains on: its backend's, or keras' own when the fast path is off for it."""
-    if getattr(model, "_fast_path", True) and _keras_tested():
-        return backend_path()
-    return _data_parallel_path() or KERAS
-
-
 def enabled_by_environment():
     """False when ``SIAMESE_K3_FAST_PATH`` is 0, false, no or off; True otherwise (unset included)."""
     value = os.environ.get(ENVIRONMENT_VARIABLE, "1").strip().lower()
@@ -128,21 +123,6 @@ def keras_version_tested(version):
     """Whether keras `version` (a string such as "3.15.1") lies in `TESTED_KERAS`."""
     floor, ceiling = (_release(bound) for bound in TESTED_KERAS)
     return floor <= _release(version) < ceiling
-
-
-@functools.cache
-def backend_path():
-    """The running backend's fast path (imported on first use)."""
-    backend = keras.backend.backend()
-    if backend == "torch":
-        from siamese_k3.backend.torch import TorchPath as Path
-    elif backend == "tensorflow":
-        from siamese_k3.backend.tensorflow import TensorFlowPath as Path
-    elif backend == "jax":
-        from siamese_k3.backend.jax import JaxPath as Path
-    else:
-        Path = FastPath
-    return Path()
 
 
 def adapt_arrays(make_batches, model, x, y, fit_kwargs):
@@ -249,14 +229,9 @@ def _set_steps_per_execution(model, steps):
     model.train_function = model.test_function = model.predict_function = None
 
 
-def _data_parallel_path():
-    """The backend's path when its data-parallel engine needs its own steps (torch), else None."""
-    path = backend_path()
-    return path if getattr(path, "needed_for_data_parallel", lambda: False)() else None
-
-
 @functools.cache
-def _keras_tested():
+def keras_tested():
+    """Whether the installed keras lies in `TESTED_KERAS`; outside it, warns once (the fast path is then off)."""
     if keras_version_tested(keras.__version__):
         return True
     warnings.warn(

@@ -9,6 +9,7 @@ types. Imports `siamese_k3.backend`'s names, `.checks`, `.errors` and `runs.conf
 
 import argparse
 import functools
+import json
 import re
 
 from siamese_k3.backend import BACKENDS
@@ -41,6 +42,9 @@ def build_parser():
                        "main job) or strong (better retrieval in ~20 minutes; README, Results) (default: %(default)s)")
     train.add_argument("--backbone", help="compact_cnn, small_cnn, fashion_mnist_dense, mnist_dense, "
                        "mnist_siamese_dense or resnet50")
+    train.add_argument("--backbone-options", type=_json_object, metavar="JSON",
+                       help='the backbone\'s arguments as a JSON object, such as \'{"filters": [32, 64, 128]}\' '
+                       "(default: the recipe's, for the recipe's backbone)")
     train.add_argument("--loss", choices=LOSSES,
                        help="online mining loss on class-balanced batches, or triplet on random triplets")
     train.add_argument("--margin", type=_checked(check_margin), help="a finite number >= 0")
@@ -176,6 +180,20 @@ def _integer(minimum, maximum=None):
 
 
 _positive_int, _non_negative_int, _seed = _integer(1), _integer(0), _integer(0, MAX_SEED)
+
+
+def _json_object(text):
+    """An argparse type: a JSON object (a dict)."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object such as '{{\"filters\": [32, 64]}}', got {text}")
+    return value
+
+
+_json_object.__name__ = "JSON object"
 
 
 def _fraction(text):

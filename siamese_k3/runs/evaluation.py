@@ -27,7 +27,7 @@ import numpy as np
 from siamese_k3 import plots
 from siamese_k3.search import calibration as calibrating
 from siamese_k3.search import evaluation
-from siamese_k3.search.kernel import paired_distances
+from siamese_k3.search.kernel import paired_distance
 from siamese_k3.data import offline_triplet_indices, take, verification_pair_indices
 from siamese_k3.errors import SiameseK3Error
 
@@ -86,7 +86,7 @@ def evaluate(config, facts, embedding_model, data):
     metrics = evaluation.retrieval_metrics(embeddings, labels, distance=config.distance)
     pairs, is_same = verification_pair_indices(labels, seed=config.seed)
     is_same = np.asarray(is_same).astype(bool)
-    distances = paired_distances(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], config.distance)
+    distances = paired_distance(embeddings[pairs[:, 0]], embeddings[pairs[:, 1]], config.distance)
     metrics["verification"] = evaluation.verification_metrics(distances, is_same)
     metrics["raw_pixel_baseline"] = evaluation.raw_pixel_baseline(images, labels)
     metrics["collapse"] = collapse_metrics(embeddings, images, config.distance, seed=config.seed)
@@ -136,11 +136,11 @@ def _evaluate_pairs(config, embedding_model, validation):
     anchor, positive, negative = validation.triplet_arrays()
     predict = lambda images: _float32(embedding_model.predict(images, batch_size=32, verbose=0))  # noqa: E731
     anchor_e, positive_e, negative_e = predict(anchor), predict(positive), predict(negative)
-    positive_d = paired_distances(anchor_e, positive_e, config.distance)
-    negative_d = paired_distances(anchor_e, negative_e, config.distance)
+    positive_d = paired_distance(anchor_e, positive_e, config.distance)
+    negative_d = paired_distance(anchor_e, negative_e, config.distance)
     is_same = np.concatenate([np.ones_like(positive_d, bool), np.zeros_like(negative_d, bool)])
     metrics = evaluation.verification_metrics(np.concatenate([positive_d, negative_d]), is_same)
-    cosine = lambda x, y: 1.0 - paired_distances(x, y, "cosine")  # noqa: E731
+    cosine = lambda x, y: 1.0 - paired_distance(x, y, "cosine")  # noqa: E731
     metrics["mean_cosine_similarity_anchor_positive"] = float(np.mean(cosine(anchor_e, positive_e)))
     metrics["mean_cosine_similarity_anchor_negative"] = float(np.mean(cosine(anchor_e, negative_e)))
     metrics["num_validation_pairs"] = int(len(anchor))
@@ -181,7 +181,7 @@ def _spread(rows, distance, seed, pairs):
     rng = np.random.default_rng(seed)
     first, second = rng.integers(0, len(rows), (2, pairs))
     keep = first != second
-    values = paired_distances(rows[first[keep]], rows[second[keep]], distance)
+    values = paired_distance(rows[first[keep]], rows[second[keep]], distance)
     mean = float(np.mean(values)) if values.size else 0.0
     spread = float(np.std(values) / mean) if mean > 0 else 0.0
     return {"distinct_fraction": distinct, "distance_spread": spread}

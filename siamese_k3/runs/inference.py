@@ -9,7 +9,7 @@ import os
 import keras
 import numpy as np
 
-from siamese_k3.search.kernel import paired_distances
+from siamese_k3.search.kernel import paired_distance
 from siamese_k3.data import load_image
 from siamese_k3.errors import SiameseK3Error
 from siamese_k3.files import atomic_path
@@ -141,8 +141,8 @@ def similarity(first, second, distance):
     """{distance name: value, "cosine_similarity": value} of two embeddings (1-d float arrays)."""
     first, second = np.asarray(first, np.float32)[None], np.asarray(second, np.float32)[None]
     return {
-        distance: float(paired_distances(first, second, distance)[0]),
-        "cosine_similarity": 1.0 - float(paired_distances(first, second, "cosine")[0]),
+        distance: float(paired_distance(first, second, distance)[0]),
+        "cosine_similarity": 1.0 - float(paired_distance(first, second, "cosine")[0]),
     }
 
 

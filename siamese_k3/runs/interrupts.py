@@ -30,7 +30,7 @@ number: 130, 143). What makes that reliable, and why each part is there:
    collective waits for its peers. A watchdog thread learns of each signal at
    once through `signal.set_wakeup_fd`; if the block is still running a second
    later, it cancels the running TensorFlow function
-   (`siamese_k3.backend.signals.cancellable`: it fails at its next step, and
+   (`siamese_k3.backend.base.Backend.cancellable`: it fails at its next step, and
    the block raises). If the block still has not ended `grace_seconds` after
    the signal (a peer that never answers, a long JAX or XLA step), the
    watchdog writes one line to stderr and ends the process with
@@ -97,10 +97,10 @@ class stop_on_signals:
     def __enter__(self):
         if threading.current_thread() is not threading.main_thread():
             return self  # signals reach the main thread only: a no-op
-        from siamese_k3.backend import signals as backend_signals
+        from siamese_k3.backend import registry
 
         self.received = self._first_at = None
-        self._cancel_scope = backend_signals.cancellable()
+        self._cancel_scope = registry.current().cancellable()
         self._cancel = self._cancel_scope.__enter__()
         self._previous = {signum: signal.getsignal(signum) for signum in self.signals}
         self._active = True

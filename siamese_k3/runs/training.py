@@ -30,7 +30,7 @@ import keras
 
 from siamese_k3 import backbones, losses, precision
 from siamese_k3.runs import evaluation as run_evaluation
-from siamese_k3.backend import flush_denormals
+from siamese_k3.backend import registry
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
 from siamese_k3.runs.config import TrainConfig
 from siamese_k3.data import ClassBalancedBatches, TripletBatches
@@ -122,7 +122,7 @@ def start_data_parallel(collective_timeout):
 def _train_locked(run, overwrite):
     config, parallel = run.config, run.parallel
     keras.utils.set_random_seed(config.seed)
-    flush_denormals()
+    registry.current().flush_denormals()
     layout = {}
     if parallel is not None:
         layout = {"data_parallel_devices": _check_data_parallel(parallel, config.train_batch_size),

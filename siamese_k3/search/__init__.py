@@ -3,7 +3,7 @@
 Modules, each importing only those above it in this list (and `siamese_k3.checks`, `.errors`, `.files`,
 `.plots`), never keras or a backend, so the answers are the same whichever backend trained the embeddings:
 
-- `kernel`: the one numpy implementation of the distances (`paired_distances`, `pairwise_distances`)
+- `kernel`: the one numpy implementation of the distances (`paired_distance`, `pairwise_distance`)
   and of exact kNN search (`exact_search`, `iter_exact_search`), in chunks;
 - `faiss_engine`: FAISS's exact, HNSW and IVF indexes, when FAISS is installed;
 - `index`: `SimilarityIndex`, a gallery with labels and ids, searched, saved and loaded;
@@ -17,7 +17,7 @@ module on first use.
 import importlib
 
 _EXPORTS = {
-    **dict.fromkeys(("exact_search", "iter_exact_search", "paired_distances", "pairwise_distances"), "kernel"),
+    **dict.fromkeys(("exact_search", "iter_exact_search", "paired_distance", "pairwise_distance"), "kernel"),
     "faiss_available": "faiss_engine",
     **dict.fromkeys(("SimilarityIndex", "SearchResult"), "index"),
     **dict.fromkeys(("distance_statistics", "verification_metrics", "retrieval_metrics", "raw_pixel_baseline"),

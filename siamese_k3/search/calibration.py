@@ -36,7 +36,7 @@ import numpy as np
 
 from siamese_k3.checks import check_choice, check_distance, check_integer
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.search.kernel import paired_distances
+from siamese_k3.search.kernel import paired_distance
 from siamese_k3.files import write_json
 from siamese_k3.plots import plot_calibration
 
@@ -232,7 +232,7 @@ def labelled_pairs(embeddings, labels, distance="euclidean", max_pairs=1_000_000
         rng = np.random.default_rng(seed)
         first = rng.integers(0, count, int(max_pairs))
         second = (first + rng.integers(1, count, int(max_pairs))) % count  # any other item, uniformly
-    return paired_distances(embeddings[first], embeddings[second], distance), labels[first] == labels[second]
+    return paired_distance(embeddings[first], embeddings[second], distance), labels[first] == labels[second]
 
 
 def calibrate_embeddings(embeddings, labels, distance="euclidean", target_precision=None, target_recall=None,

@@ -8,8 +8,11 @@ The distances are those `siamese_k3.distances` computes in `keras.ops` for train
     d(x, y) = ||x - y||²             "squared_euclidean"
     d(x, y) = 1 - ⟨x, y⟩ / (||x|| ||y||)   "cosine" (norms clamped at 1e-12)
 
-- `paired_distances`: row i of x against row i of y, [B];
-- `pairwise_distances`: every row of x against every row of y, [B, M];
+- `paired_distance`: row i of x against row i of y, [B];
+- `pairwise_distance`: every row of x against every row of y, [B, M];
+
+They are the numpy twins of `siamese_k3.distances.paired_distance` and `pairwise_distance` (keras.ops,
+tensors in and out): one name per operation, and the module says which arrays it takes.
 - `exact_search` / `iter_exact_search`: each query's k nearest gallery rows, by brute force in chunks
   (memory O(chunk · N)), ordered by (distance, index).
 
@@ -218,8 +221,8 @@ def _distances(top_scores, norms, distance):
     return np.sqrt(squared) if distance == "euclidean" else squared
 
 
-def paired_distances(x, y, distance="euclidean"):
-    """Distance between row i of `x` and row i of `y`, shape [B]; as in `siamese_k3.distances`."""
+def paired_distance(x, y, distance="euclidean"):
+    """Distance between row i of `x` and row i of `y`, shape [B] (numpy; `siamese_k3.distances.paired_distance`'s twin)."""
     check_distance(distance)
     x, y = as_float_array(x), as_float_array(y)
     if distance == "cosine":
@@ -228,7 +231,7 @@ def paired_distances(x, y, distance="euclidean"):
     return squared if distance == "squared_euclidean" else np.sqrt(squared)
 
 
-def pairwise_distances(x, y=None, distance="euclidean"):
+def pairwise_distance(x, y=None, distance="euclidean"):
     """Distance between every row of `x` [B, D] and every row of `y` [M, D] (default `x`): [B, M].
 
     - ``"squared_euclidean"``: ||x - y||², expanded as ||x||² - 2 ⟨x, y⟩ + ||y||²,

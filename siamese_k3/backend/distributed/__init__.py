@@ -1,8 +1,9 @@
 """Data-parallel training on each backend's own engine, behind one interface.
 
-`start()` starts the engine of the running keras backend from the launch
-environment and makes it current; everything else in siamese_k3 asks this
-module, never an engine by name:
+`start(make_engine)` starts the running backend's engine (its
+`siamese_k3.backend.base.Backend.engine`) from the launch environment and
+makes it current; everything else in siamese_k3 asks this module, never an
+engine by name:
 
 - jax (`jax_engine`): `keras.distribution.DataParallel` over every device of
   every process; several processes join through `keras.distribution.initialize`
@@ -31,28 +32,20 @@ import contextlib
 import keras
 
 from siamese_k3.backend.distributed.rendezvous import PeerTimeoutError  # noqa: F401 (raised by start)
-from siamese_k3.errors import SiameseK3Error
 
 _CURRENT = None
 
 
-def start(timeout_seconds=600):
-    """Start data-parallel training on the running backend and return its engine (also `current()`).
+def start(make_engine, timeout_seconds=600):
+    """Start data-parallel training with ``make_engine(timeout_seconds=...)`` and return the engine (also `current()`).
 
-    Raises `PeerTimeoutError` when the other processes do not all arrive within `timeout_seconds`.
+    `make_engine` is the running backend's `Backend.engine` (`siamese_k3.backend.registry.current()`); an
+    engine already current on this backend is kept. Raises `PeerTimeoutError` when the other processes do
+    not all arrive within `timeout_seconds`.
     """
     global _CURRENT
-    backend = keras.backend.backend()
-    if backend == "jax":
-        from siamese_k3.backend.distributed.jax_engine import JaxEngine as Engine
-    elif backend == "tensorflow":
-        from siamese_k3.backend.distributed.tf_engine import TensorFlowEngine as Engine
-    elif backend == "torch":
-        from siamese_k3.backend.distributed.torch_engine import TorchEngine as Engine
-    else:
-        raise SiameseK3Error(f"data-parallel training is not available on the {backend} backend.")
-    if _CURRENT is None or _CURRENT.backend != backend:
-        _CURRENT = Engine(timeout_seconds=timeout_seconds)
+    if _CURRENT is None or _CURRENT.backend != keras.backend.backend():
+        _CURRENT = make_engine(timeout_seconds=timeout_seconds)
     return _CURRENT
 
 

@@ -13,6 +13,7 @@ import os
 
 from siamese_k3.backend.distributed.base import Engine
 from siamese_k3.backend.distributed.rendezvous import PeerTimeoutError
+from siamese_k3.errors import SiameseK3Error
 
 
 class _AllGather:
@@ -60,10 +61,12 @@ class TorchEngine(Engine):
         import torch.distributed as dist
 
         if not dist.is_available():
-            raise RuntimeError("this torch build has no torch.distributed.")
+            raise SiameseK3Error(
+                "this torch build has no torch.distributed: install one that has it for data-parallel training."
+            )
         if not dist.is_initialized():
             if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
-                raise RuntimeError(
+                raise SiameseK3Error(
                     "data-parallel training on torch runs under torchrun, which starts one process per "
                     "device: torchrun --nproc-per-node N -m siamese_k3 train --backend torch --data-parallel ..."
                 )

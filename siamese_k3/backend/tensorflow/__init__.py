@@ -1,4 +1,4 @@
-"""The fast path on TensorFlow: compile defaults, and keras' own array batches without tf.data's autotuning.
+"""TensorFlow as siamese_k3 drives it: compile defaults, array batches without tf.data's autotuning, cancellation.
 
 - ``steps_per_execution=32`` amortises `fit`'s per-step Python work over 32
   batches, and ``jit_compile=True`` compiles the step with XLA, also on the
@@ -14,15 +14,25 @@
 - `arrays`: for in-memory arrays, keras' own tf.data pipeline with tf.data's
   autotuning off, in one private thread, which on a small CPU no longer
   competes with the step.
+- `TensorFlowBackend.cancellable`: TensorFlow runs a compiled function (up to
+  32 training steps on the fast path, a collective waiting for its peers) in
+  native code, where Python's signal handlers wait for it to return. Inside
+  this block another thread can cancel the running function: it fails at its
+  next step (a ``tf.errors.CancelledError``), after which the handler runs. One
+  XLA cluster (one jit-compiled step) runs to its end.
+
+Data-parallel training: `siamese_k3.backend.distributed.tf_engine` (tf.distribute).
 """
 
+import contextlib
+
 from siamese_k3.backend import distributed, fast_path
-from siamese_k3.backend.fast_path import FastPath
+from siamese_k3.backend.base import Backend
 from siamese_k3.backend.tensorflow import arrays
 
 
-class TensorFlowPath(FastPath):
-    """keras' TensorFlow trainer with XLA, 32 steps per execution and untuned array batches."""
+class TensorFlowBackend(Backend):
+    """keras' TensorFlow trainer with XLA, 32 steps per execution and untuned array batches; tf.distribute."""
 
     name = "tensorflow"
 
@@ -42,6 +52,33 @@ class TensorFlowPath(FastPath):
 
     def callbacks(self, model, x, callbacks, verbose, epochs, steps_per_epoch):
         return fast_path.progress_bar_callbacks(model, callbacks, verbose)
+
+    def engine(self, timeout_seconds=600):
+        from siamese_k3.backend.distributed.tf_engine import TensorFlowEngine
+
+        return TensorFlowEngine(timeout_seconds=timeout_seconds)
+
+    @contextlib.contextmanager
+    def cancellable(self):
+        """A block yielding `cancel`, which fails its running TensorFlow function from any thread (see the module).
+
+        Uses TensorFlow's eager `CancellationManager` (``tensorflow.python.eager.cancellation``,
+        not a public API: ``tests/test_interrupts.py`` checks it is there); without it, None.
+        """
+        try:
+            from tensorflow.python.eager import cancellation
+
+            active, Manager = cancellation.context, cancellation.CancellationManager
+            Scope = cancellation.CancellationManagerContext
+        except (ImportError, AttributeError):  # a TensorFlow without it: the grace period alone
+            yield None
+            return
+        if active() is not None:  # an enclosing block's manager is in charge
+            yield None
+            return
+        manager = Manager()
+        with Scope(manager):
+            yield manager.start_cancel
 
 
 def draws_random_numbers(model):

@@ -1,4 +1,4 @@
-"""The fast path on PyTorch: keras' per-layer and per-step host work, done more cheaply with the same results.
+"""PyTorch as siamese_k3 drives it: keras' per-layer and per-step host work done more cheaply, the same results.
 
 On torch every step of `fit` runs eagerly in Python, so keras' bookkeeping
 around the model costs as much as a small model's arithmetic. `TorchPath`
@@ -21,15 +21,19 @@ Each part checks that it computes what keras' own path would for the model
 at hand, and otherwise leaves the work to keras. ``jit_compile=True``
 (torch.compile) is opt-in: it costs seconds to minutes of compilation per
 model and a C++ compiler; under it keras' own calls are traced as they are.
+
+Data-parallel training: `siamese_k3.backend.distributed.torch_engine`
+(``torchrun``), whose gradient average lives in `steps.train_step`. Denormals
+are flushed to zero on the CPU (`TorchBackend.flush_denormals`).
 """
 
 from siamese_k3.backend import fast_path
-from siamese_k3.backend.fast_path import FastPath
+from siamese_k3.backend.base import Backend
 from siamese_k3.backend.torch import arrays, callbacks, forward, steps
 
 
-class TorchPath(FastPath):
-    """keras' torch trainer with its host work trimmed (see the module)."""
+class TorchBackend(Backend):
+    """keras' torch trainer with its host work trimmed (see the module); `torch.distributed` under torchrun."""
 
     name = "torch"
 
@@ -60,3 +64,18 @@ class TorchPath(FastPath):
         """Whether torch data-parallel training runs: its gradient average lives in `steps.train_step`."""
         return steps.data_parallel_engine() is not None
 
+    def engine(self, timeout_seconds=600):
+        from siamese_k3.backend.distributed.torch_engine import TorchEngine
+
+        return TorchEngine(timeout_seconds=timeout_seconds)
+
+    def flush_denormals(self):
+        """Treat float32 denormals as zero on the CPU, as XLA (jax, tensorflow) already does.
+
+        PyTorch computes denormals exactly, which is many times slower on x86
+        CPUs: late in training, Adam's second moments of tiny gradients fall into
+        that range and a torch epoch can take several times as long as the first.
+        """
+        import torch
+
+        torch.set_flush_denormal(True)
