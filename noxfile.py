@@ -148,7 +148,7 @@ os.environ.setdefault("UV_COMPILE_BYTECODE", "1")
 
 def install_isolated(session, backend, constraints):
     """keras, siamese_k3 and ONLY `backend`; a stray other backend in the venv fails the session."""
-    extras = f"{backend},test,export,search,bench" + (",bench-jax" if backend == "jax" else "")
+    extras = f"{backend},test,export,search,bench" + {"jax": ",bench-jax", "torch": ",test-torch"}.get(backend, "")
     session.install(*constraints, "-e", f".[{extras}]")
     others = [name for name in BACKENDS if name != backend]
     session.run(

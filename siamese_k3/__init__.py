@@ -26,7 +26,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     **dict.fromkeys(
         ("TripletBatchAllLoss", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "batch_all_triplet_loss",
-         "batch_hard_triplet_loss", "semi_hard_triplet_loss", "triplet_loss"),
+         "batch_hard_triplet_loss", "semi_hard_triplet_loss", "triplet_loss",
+         "ContrastiveLoss", "MultiSimilarityLoss", "CircleLoss", "NTXentLoss", "SupConLoss"),
         "siamese_k3.losses",
     ),
     "MiningModel": "siamese_k3.models",

@@ -43,6 +43,13 @@ def check_margin(margin, name="margin"):
     return margin
 
 
+def check_positive_number(value, name):
+    """`value` if it is a finite number > 0 (tensors pass unchecked); else `SiameseK3Error` naming `name`."""
+    if not _is_tensor(value) and not _finite_number(value, strictly_positive=True):
+        raise SiameseK3Error(f"{_named(name, value)} is not valid: expected a finite number > 0, such as 0.1 or 2.0.")
+    return value
+
+
 MAX_SEED = 2**32 - 1
 
 

@@ -61,7 +61,8 @@ def l2_normalize(x, axis=-1):
     """
     x = to_float32(x)
     norm_sq = ops.sum(ops.square(x), axis=axis, keepdims=True)
-    return x / ops.sqrt(ops.maximum(norm_sq, _NORM_EPSILON**2))
+    # a select, not ops.maximum: keras' torch maximum returns float32 for float64 inputs
+    return x / ops.sqrt(ops.where(norm_sq < _NORM_EPSILON**2, _NORM_EPSILON**2, norm_sq))
 
 
 def paired_distance(x, y, distance="euclidean"):
@@ -89,6 +90,18 @@ def paired_distance(x, y, distance="euclidean"):
     return safe_sqrt(squared)
 
 
+def inner_products(x, y):
+    """⟨x_i, y_j⟩ for every row of `x` [B, D] and of `y` [M, D]: [B, M], in the inputs' dtype.
+
+    float64 goes through `ops.einsum`: keras' torch `matmul` computes a float64
+    product in float32 (its dtype rule gives float32); float32 and narrower keep
+    `ops.matmul`, bit for bit what they always computed.
+    """
+    if ops.dtype(x) == "float64":
+        return ops.einsum("id,jd->ij", x, y)
+    return ops.matmul(x, ops.transpose(y))
+
+
 def pairwise_distance(x, y=None, distance="euclidean"):
     """Distance between every row of `x` and every row of `y` (default: `x`).
 
@@ -102,7 +115,7 @@ def pairwise_distance(x, y=None, distance="euclidean"):
         distance: ``"euclidean"``, ``"squared_euclidean"`` or ``"cosine"``.
 
     Returns:
-        float32 tensor of shape [B, M].
+        float32 tensor of shape [B, M] (float64 for float64 inputs).
 
     Example:
         >>> pairwise_distance([[0.0, 0.0], [3.0, 4.0]])  # -> [[0, 5], [5, 0]]
@@ -112,12 +125,12 @@ def pairwise_distance(x, y=None, distance="euclidean"):
     same = y is None
     y = x if same else to_float32(y)
     if distance == "cosine":
-        result = 1.0 - ops.matmul(l2_normalize(x), ops.transpose(l2_normalize(y)))
+        result = 1.0 - inner_products(l2_normalize(x), l2_normalize(y))
     else:
         x_sq = ops.sum(ops.square(x), axis=-1, keepdims=True)
         y_sq = ops.sum(ops.square(y), axis=-1, keepdims=True)
-        result = x_sq - 2.0 * ops.matmul(x, ops.transpose(y)) + ops.transpose(y_sq)
-        result = ops.maximum(result, 0.0)
+        result = x_sq - 2.0 * inner_products(x, y) + ops.transpose(y_sq)
+        result = ops.where(result > 0.0, result, 0.0)  # clamped at 0 (not ops.maximum: float32 on torch for float64)
     if same:
         result = result * (1.0 - ops.eye(ops.shape(x)[0], dtype=result.dtype))
     if distance == "euclidean":

@@ -96,3 +96,18 @@ def test_configs_are_frozen_and_options_are_spelled_as_on_the_command_line():
     with pytest.raises(dataclasses.FrozenInstanceError):
         TrainConfig().epochs = 3
     assert as_flags("steps_per_epoch=3") == "--steps-per-epoch 3"  # the CLI's one mapping of fields to flags
+
+
+def test_pair_losses_rank_by_cosine_and_take_only_their_own_options():
+    supcon = TrainConfig.from_recipe("default", loss="supcon", loss_options={"temperature": 0.2})
+    assert (supcon.distance, supcon.loss_options, supcon.mining) == ("cosine", {"temperature": 0.2}, True)
+    assert TrainConfig.from_recipe("default", loss="circle", distance="euclidean").distance == "euclidean"
+    assert TrainConfig.from_recipe("default").loss_options == {}
+    assert TrainConfig.from_recipe("default", loss="batch_hard", loss_options={"soft": True}).distance == "euclidean"
+    assert TrainConfig.from_dict(supcon.to_dict()) == supcon
+    with pytest.raises(SiameseK3Error, match=r"loss='supcon' has no option alpha; it takes temperature"):
+        TrainConfig.from_recipe("default", loss="supcon", loss_options={"alpha": 2})
+    with pytest.raises(SiameseK3Error, match="loss_options must be a dict"):
+        TrainConfig.from_recipe("default", loss="circle", loss_options=[1])
+    with pytest.raises(SiameseK3Error, match="triplet' has no option soft; it takes none"):
+        TrainConfig.from_recipe("default", loss="triplet", loss_options={"soft": True})

@@ -58,3 +58,50 @@ def test_mining_loss_improves_precision_at_1(loss):
     trained = precision_at_1(model.predict(test_x, verbose=0), test_labels)
     assert np.all(np.isfinite(history.history["loss"]))
     assert trained >= untrained + 0.3, (untrained, trained)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["contrastive", "multi_similarity", "circle", "ntxent", "supcon"])
+def test_pair_loss_improves_precision_at_1_by_cosine(name):
+    """The pair losses (siamese_k3.losses.pairs) learn directions: the same clusters, ranked by cosine."""
+    from siamese_k3 import losses
+
+    train_x, train_labels = clusters(seed=0, per_class=40)
+    test_x, test_labels = clusters(seed=1, per_class=25)
+    model = keras.Sequential(
+        [keras.Input((SIGNAL_DIMS + NOISE_DIMS,)), keras.layers.Dense(32, activation="relu"), keras.layers.Dense(8)]
+    )
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss=losses.get(name))
+
+    def cosine_precision_at_1():
+        embeddings = model.predict(test_x, verbose=0).astype(np.float64)
+        return precision_at_1(embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True), test_labels)
+
+    untrained = cosine_precision_at_1()
+    batches = ClassBalancedBatches(
+        train_x, train_labels, classes_per_batch=4, samples_per_class=8, steps_per_epoch=25, seed=0
+    )
+    history = model.fit(batches, epochs=8, verbose=0)
+    trained = cosine_precision_at_1()
+    assert np.all(np.isfinite(history.history["loss"]))
+    assert trained >= untrained + 0.3, (untrained, trained)
+
+
+def test_a_pair_loss_trains_from_the_cli_and_ranks_by_cosine(tmp_path):
+    """`train --loss supcon --loss-options JSON`: the run trains the loss with its options and evaluates by cosine."""
+    import json
+
+    from siamese_k3 import cli
+    from toy import TINY, write_clustered_idx
+
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    out = tmp_path / "supcon"
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--loss", "supcon",
+                     "--loss-options", '{"temperature": 0.2}', "--no-plots", *TINY])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["loss"], config["loss_options"], config["distance"]) == ("supcon", {"temperature": 0.2}, "cosine")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["precision_at_1"] > 0.5, metrics
+    model = keras.saving.load_model(out / "model.keras")
+    assert model.loss.get_config()["temperature"] == 0.2

@@ -19,7 +19,6 @@ import math
 import keras
 from keras import ops
 
-from siamese_k3.backend import distributed
 from siamese_k3.checks import check_labels, check_margin
 from siamese_k3.distances import (
     check_distance,
@@ -27,6 +26,14 @@ from siamese_k3.distances import (
     paired_distance,
     pairwise_distance,
     to_float32,
+)
+from siamese_k3.losses.base import (
+    ConfiguredLoss,
+    LabelledLoss,
+    keep_non_finite,
+    masked_mean,
+    pair_masks,
+    witness,
 )
 
 __all__ = [
@@ -69,7 +76,7 @@ def triplet_loss(anchor, positive, negative, margin=1.0, distance="euclidean", s
     )
     if soft:
         return ops.softplus(difference)
-    return _keep_non_finite(ops.relu(difference + margin), difference)
+    return keep_non_finite(ops.relu(difference + margin), difference)
 
 
 # --------------------------------------------------------------------------
@@ -90,33 +97,11 @@ def _batch_masks(labels, embeddings, margin, distance, normalize):
     embeddings = to_float32(embeddings)
     if normalize:
         embeddings = l2_normalize(embeddings)
-    labels = ops.reshape(labels, (-1,))
-    distances = pairwise_distance(embeddings, distance=distance)
-    same = ops.equal(ops.expand_dims(labels, 1), ops.expand_dims(labels, 0))
-    not_self = ops.logical_not(ops.cast(ops.eye(ops.shape(labels)[0]), "bool"))
-    return distances, ops.logical_and(same, not_self), ops.logical_not(same)
+    positive, negative = pair_masks(labels)
+    return pairwise_distance(embeddings, distance=distance), positive, negative
 
 
-def _keep_non_finite(value, witness):
-    """value + 0·witness: equal to `value` (and its gradient unchanged) unless the witness is NaN or inf.
 
-    Under jit on the CPU, XLA's max and min drop NaNs (relu(NaN) = 0), so a NaN
-    embedding, or a diverged model, would otherwise give a finite loss (often
-    exactly the margin) on JAX and TensorFlow; with this term the loss is NaN on
-    every backend and `siamese_k3.callbacks.StopOnNonFiniteLoss` sees it.
-    """
-    return value + 0.0 * witness
-
-
-def _sum(embeddings):
-    """Σ of all entries in float32: NaN or inf as soon as one embedding is."""
-    return ops.sum(to_float32(embeddings))
-
-
-def _masked_mean(values, mask):
-    """sum(values over mask) / count(mask); 0.0 when the mask is empty."""
-    mask = ops.cast(mask, values.dtype)
-    return ops.sum(values * mask) / ops.maximum(ops.sum(mask), 1.0)
 
 
 def _count_sorted(sorted_rows, queries, strict):
@@ -209,13 +194,13 @@ def batch_all_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
         float32 scalar.
     """
     total, num_positive, _ = _batch_all_terms(labels, embeddings, margin, distance, normalize)
-    return _keep_non_finite(total / ops.maximum(num_positive, 1.0), _sum(embeddings))
+    return keep_non_finite(total / ops.maximum(num_positive, 1.0), witness(embeddings))
 
 
 def fraction_positive_triplets(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
     """The fraction #{valid triplets with relu(d(a,p) - d(a,n) + m) > 0} / #{valid triplets}; 0.0 when none are valid."""
     _, num_positive, num_valid = _batch_all_terms(labels, embeddings, margin, distance, normalize)
-    return _keep_non_finite(num_positive / ops.maximum(num_valid, 1.0), _sum(embeddings))
+    return keep_non_finite(num_positive / ops.maximum(num_valid, 1.0), witness(embeddings))
 
 
 def batch_hard_triplet_loss(
@@ -245,7 +230,7 @@ def batch_hard_triplet_loss(
     difference = hardest_positive - hardest_negative
     per_anchor = ops.softplus(difference) if soft else ops.relu(difference + margin)
     valid = ops.logical_and(ops.any(positive, axis=1), ops.any(negative, axis=1))
-    return _keep_non_finite(_masked_mean(per_anchor, valid), _sum(embeddings))
+    return keep_non_finite(masked_mean(per_anchor, valid), witness(embeddings))
 
 
 def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean", normalize=False):
@@ -280,7 +265,7 @@ def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
     negative_distance = ops.take_along_axis(distances, chosen, axis=1)
     per_pair = ops.relu(distances - negative_distance + margin)
     valid = ops.logical_and(positive, num_negatives > 0)
-    return _keep_non_finite(_masked_mean(per_pair, valid), _sum(embeddings))
+    return keep_non_finite(masked_mean(per_pair, valid), witness(embeddings))
 
 
 # --------------------------------------------------------------------------
@@ -288,23 +273,8 @@ def semi_hard_triplet_loss(labels, embeddings, margin=1.0, distance="euclidean",
 # --------------------------------------------------------------------------
 
 
-class _ConfiguredLoss(keras.losses.Loss):
-    """Stores keyword options and forwards them to `self.loss_fn`."""
-
-    loss_fn = None
-
-    def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **options):
-        super().__init__(name=name, reduction=reduction, dtype=dtype)
-        check_distance(options["distance"])
-        check_margin(options["margin"])
-        self.options = options
-
-    def get_config(self):
-        return {**super().get_config(), **self.options}
-
-
 @keras.saving.register_keras_serializable(package="siamese_k3")
-class TripletLoss(_ConfiguredLoss):
+class TripletLoss(ConfiguredLoss):
     """`triplet_loss` for a model whose output concatenates [anchor | positive | negative].
 
     `y_pred` has shape [B, 3·D] (seed 001's concatenated embeddings); `y_true`
@@ -319,29 +289,8 @@ class TripletLoss(_ConfiguredLoss):
         return triplet_loss(anchor, positive, negative, **self.options)
 
 
-class _MiningLoss(_ConfiguredLoss):
-    """y_true = labels [B] or [B, 1]; y_pred = embeddings [B, D].
-
-    Under data-parallel training (`siamese_k3.parallel.DataParallel`) each
-    replica holds its rows of the global batch: the loss gathers every
-    replica's labels and embeddings first, so mining sees the global batch, and
-    the gradient reaches each replica's own embeddings once
-    (`siamese_k3.backend.distributed.gather`). The loss is then that of one
-    device on the global batch, times the engine's `loss_scale`.
-    """
-
-    def __call__(self, y_true, y_pred, sample_weight=None):
-        check_labels(y_true, y_pred)  # before keras casts the labels to float32
-        return super().__call__(y_true, y_pred, sample_weight=sample_weight)
-
-    def call(self, y_true, y_pred):
-        labels, embeddings = distributed.gather(y_true), distributed.gather(y_pred)
-        loss, scale = type(self).loss_fn(labels, embeddings, **self.options), distributed.loss_scale()
-        return loss if scale == 1.0 else loss * scale
-
-
 @keras.saving.register_keras_serializable(package="siamese_k3")
-class TripletBatchAllLoss(_MiningLoss):
+class TripletBatchAllLoss(LabelledLoss):
     """Keras `Loss` for `batch_all_triplet_loss`."""
 
     loss_fn = staticmethod(batch_all_triplet_loss)
@@ -351,7 +300,7 @@ class TripletBatchAllLoss(_MiningLoss):
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
-class TripletHardLoss(_MiningLoss):
+class TripletHardLoss(LabelledLoss):
     """Keras `Loss` for `batch_hard_triplet_loss` (TF Addons' `TripletHardLoss`)."""
 
     loss_fn = staticmethod(batch_hard_triplet_loss)
@@ -363,7 +312,7 @@ class TripletHardLoss(_MiningLoss):
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
-class TripletSemiHardLoss(_MiningLoss):
+class TripletSemiHardLoss(LabelledLoss):
     """Keras `Loss` for `semi_hard_triplet_loss` (TF Addons' `TripletSemiHardLoss`)."""
 
     loss_fn = staticmethod(semi_hard_triplet_loss)

@@ -20,7 +20,17 @@ from siamese_k3.runs import recipes
 from siamese_k3.checks import DISTANCES, MAX_SEED, check_choice, check_integer, check_learning_rate, check_margin
 from siamese_k3.errors import SiameseK3Error
 
-LOSSES = ("semi_hard", "batch_hard", "batch_all", "triplet")
+# The pair losses (siamese_k3.losses.pairs) and the options each takes (`loss_options`), named here so that a
+# config is checked before keras is imported; tests/test_config.py holds them to the loss classes' signatures.
+PAIR_LOSS_OPTIONS = {
+    "contrastive": ("pos_margin", "neg_margin", "distance", "normalize"),
+    "multi_similarity": ("alpha", "beta", "base", "epsilon"),
+    "circle": ("m", "gamma"),
+    "ntxent": ("temperature",),
+    "supcon": ("temperature",),
+}
+MINING_LOSS_OPTIONS = {"semi_hard": ("normalize",), "batch_hard": ("soft", "normalize"), "batch_all": ("normalize",)}
+LOSSES = (*MINING_LOSS_OPTIONS, "triplet", *PAIR_LOSS_OPTIONS)
 DATASETS = ("fashion_mnist", "mnist")
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 PAIRS_PREFIX = "pairs:"
@@ -42,6 +52,7 @@ class TrainConfig:
     backbone: Optional[str] = None
     backbone_options: Optional[dict] = None
     loss: Optional[str] = None
+    loss_options: Optional[dict] = None
     margin: Optional[float] = None
     distance: Optional[str] = None
     epochs: Optional[int] = None
@@ -74,6 +85,9 @@ class TrainConfig:
         _check_dataset(self.dataset)
         check_choice(self.recipe, recipes.LABELLED, "recipe")
         defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
+        if self.distance is None and (self.loss or defaults["loss"]) in PAIR_LOSS_OPTIONS:
+            # the pair losses train directions (normalised embeddings, cosine similarity): rank by cosine
+            object.__setattr__(self, "distance", "cosine")
         given_options = self.backbone_options
         for key, value in defaults.items():
             if getattr(self, key) is None:
@@ -85,6 +99,8 @@ class TrainConfig:
             object.__setattr__(self, "classes_per_batch", 0)
         if self.steps_per_epoch is None:
             object.__setattr__(self, "steps_per_epoch", 0)
+        if self.loss_options is None:
+            object.__setattr__(self, "loss_options", {})
         self._check()
 
     @property
@@ -129,6 +145,7 @@ class TrainConfig:
         if not isinstance(self.backbone_options, dict):
             raise SiameseK3Error(f"backbone_options must be a dict of the backbone's arguments, got {self.backbone_options!r}.")
         check_choice(self.loss, LOSSES, "loss")
+        _check_loss_options(self.loss, self.loss_options)
         check_choice(self.distance, DISTANCES, "distance")
         check_margin(self.margin)
         check_learning_rate(self.learning_rate)
@@ -158,6 +175,16 @@ class TrainConfig:
                 )
         if self.data_dir is not None and not os.path.isdir(self.data_dir):
             raise SiameseK3Error(f"data_dir={str(self.data_dir)!r} is not a folder: give the folder holding the dataset files.")
+
+
+def _check_loss_options(loss, options):
+    if not isinstance(options, dict):
+        raise SiameseK3Error(f"loss_options must be a dict of the loss's options, such as {{'alpha': 2.0}}, got {options!r}.")
+    allowed = {**MINING_LOSS_OPTIONS, **PAIR_LOSS_OPTIONS}.get(loss, ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none (margin and distance are options of the run)"
+        raise SiameseK3Error(f"loss_options={options!r}: loss={loss!r} has no option {', '.join(unknown)}; {takes}.")
 
 
 def _check_dataset(dataset):

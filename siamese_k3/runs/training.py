@@ -32,7 +32,7 @@ from siamese_k3 import backbones, losses, precision
 from siamese_k3.runs import evaluation as run_evaluation
 from siamese_k3.backend import registry
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
-from siamese_k3.runs.config import TrainConfig
+from siamese_k3.runs.config import PAIR_LOSS_OPTIONS, TrainConfig
 from siamese_k3.data import ClassBalancedBatches, TripletBatches
 from siamese_k3.errors import NonFiniteLossError, PeerTimeoutError, SiameseK3Error
 from siamese_k3.runs.interrupts import stop_on_signals
@@ -322,7 +322,9 @@ def _model_and_batches(backbone, data, config):
         data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config.seed + 1, **sampler,
     )
     options = dict(margin=config.margin, distance=config.distance)
-    compile_options = {"loss": losses.get(config.loss, **options), "metrics": [FractionPositiveTriplets(**options)]}
+    # a mining loss takes the run's margin and distance; a pair loss its own options only (losses.pairs)
+    loss_options = config.loss_options if config.loss in PAIR_LOSS_OPTIONS else {**options, **config.loss_options}
+    compile_options = {"loss": losses.get(config.loss, **loss_options), "metrics": [FractionPositiveTriplets(**options)]}
     return MiningModel(backbone), train_data, FixedBatches(validation), compile_options
 
 

@@ -1,0 +1,98 @@
+"""The proxy family: one learned vector per class (a proxy), and each embedding against every proxy.
+
+pytorch-metric-learning's losses of the same names, with its defaults. Each
+function takes integer `labels` [B], `embeddings` [B, D] and `proxies`
+[C, D] (the class weights, one row per class; PML's `W` transposed for
+ArcFace and CosFace, its `proxies` for Proxy-Anchor) and returns a scalar:
+
+    s_ic = ⟨x̂_i, ŵ_c⟩   the cosine similarity of embedding i and proxy c (both L2-normalised),
+    θ_i = arccos(s_{i, y_i})   the angle to its own class's proxy.
+
+Memory is O(B·C): no pair of embeddings is formed. Every loss computes in
+float32 (float64 stays float64) and is NaN when an embedding is. The proxies
+are trained like any weight: they live in the training model, never in a
+Keras `Loss` (which holds no variables).
+
+- `arcface_loss`: additive angular margin (Deng et al. 2019).
+- `cosface_loss`: additive cosine margin (Wang et al. 2018).
+- `proxy_anchor_loss`: Kim et al. 2020.
+"""
+
+import math
+
+from keras import ops
+
+from siamese_k3.checks import check_labels, check_margin, check_positive_number
+from siamese_k3.distances import inner_products, l2_normalize, to_float32
+from siamese_k3.losses.base import keep_non_finite, masked_logsumexp, mean, witness
+
+__all__ = ["arcface_loss", "cosface_loss", "proxy_anchor_loss"]
+
+
+def _cosines(labels, embeddings, proxies):
+    """Cosine similarities [B, C] of embeddings and proxies, and the one-hot mask of each row's own class."""
+    check_labels(labels, embeddings)
+    embeddings, proxies = to_float32(embeddings), to_float32(proxies)
+    cosines = inner_products(l2_normalize(embeddings), l2_normalize(proxies))
+    labels = ops.cast(ops.reshape(labels, (-1,)), "int32")
+    own = ops.cast(ops.one_hot(labels, ops.shape(proxies)[0]), "bool")
+    return cosines, own
+
+
+def _cross_entropy(logits, own):
+    """Mean over rows of -log softmax(logits)_own = LSE_c(logits) - logits_own."""
+    everything = ops.ones_like(own)
+    target = ops.sum(ops.where(own, logits, 0.0), axis=1)
+    return mean(masked_logsumexp(logits, everything) - target)
+
+
+def arcface_loss(labels, embeddings, proxies, margin=28.6, scale=64.0):
+    """ArcFace (PML `ArcFaceLoss`; `margin` in degrees, m = radians(margin)): softmax cross-entropy on
+
+        logit_ic = scale · s_ic                      for c ≠ y_i
+        logit_iy = scale · cos(θ_i + m)              if θ_i ≤ π - m
+                   scale · (s_iy - m · sin(m))       otherwise (keeps the logit decreasing in θ)
+
+    L = 1/B Σ_i -log softmax(logit_i)_{y_i}.
+    """
+    check_margin(margin)
+    check_positive_number(scale, "scale")
+    cosines, own = _cosines(labels, embeddings, proxies)
+    m = math.radians(margin)
+    target = ops.sum(ops.where(own, cosines, 0.0), axis=1, keepdims=True)
+    angles = ops.arccos(ops.clip(target, -1.0, 1.0))
+    modified = ops.where(angles <= math.pi - m, ops.cos(angles + m), target - m * math.sin(m))
+    logits = scale * ops.where(own, modified, cosines)
+    return keep_non_finite(_cross_entropy(logits, own), witness(embeddings))
+
+
+def cosface_loss(labels, embeddings, proxies, margin=0.35, scale=64.0):
+    """CosFace (PML `CosFaceLoss`): softmax cross-entropy on logit_ic = scale · (s_ic - m·[c = y_i]),
+
+    L = 1/B Σ_i -log softmax(logit_i)_{y_i},   m = margin.
+    """
+    check_margin(margin)
+    check_positive_number(scale, "scale")
+    cosines, own = _cosines(labels, embeddings, proxies)
+    logits = scale * ops.where(own, cosines - margin, cosines)
+    return keep_non_finite(_cross_entropy(logits, own), witness(embeddings))
+
+
+def proxy_anchor_loss(labels, embeddings, proxies, margin=0.1, alpha=32.0):
+    """Proxy-Anchor (PML `ProxyAnchorLoss`): each proxy is an anchor over the batch,
+
+        L = 1/|C⁺| Σ_{c ∈ C⁺} log(1 + Σ_{i: y_i = c} exp(-α (s_ic - δ)))
+          + 1/C   Σ_c        log(1 + Σ_{i: y_i ≠ c} exp( α (s_ic + δ)))
+
+    with δ = margin, α = alpha, C⁺ the classes present in the batch and C the
+    number of proxies.
+    """
+    check_margin(margin)
+    check_positive_number(alpha, "alpha")
+    cosines, own = _cosines(labels, embeddings, proxies)
+    by_class, members = ops.transpose(cosines), ops.transpose(own)  # [C, B]: each proxy a row
+    positive = masked_logsumexp(-alpha * (by_class - margin), members, add_one=True)
+    negative = masked_logsumexp(alpha * (by_class + margin), ops.logical_not(members), add_one=True)
+    present = ops.sum(ops.cast(ops.any(members, axis=1), positive.dtype))
+    loss = ops.sum(positive) / ops.where(present < 1.0, 1.0, present) + mean(negative)
+    return keep_non_finite(loss, witness(embeddings))

@@ -1,0 +1,152 @@
+"""siamese_k3/losses/proxies.py against plain numpy loops written from the formulas (every backend), and against
+pytorch-metric-learning itself, value and gradients (embeddings and proxies) in float64 (the torch session)."""
+
+import importlib.util
+import math
+
+import keras
+import numpy as np
+import pytest
+from _grad import gradient
+from keras import ops
+
+from siamese_k3.errors import SiameseK3Error
+from siamese_k3.losses import proxies
+
+BACKEND = keras.backend.backend()
+HAS_PML = BACKEND == "torch" and importlib.util.find_spec("pytorch_metric_learning") is not None
+
+
+def _cosines(x, w):
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)) @ (w / np.linalg.norm(w, axis=1, keepdims=True)).T
+
+
+def _lse(values):
+    top = max(values)
+    return top + math.log(sum(math.exp(value - top) for value in values))
+
+
+def ref_arcface(labels, x, w, margin=28.6, scale=64.0):
+    s, m = _cosines(x, w), math.radians(margin)
+    total = 0.0
+    for i, y in enumerate(labels):
+        theta = math.acos(min(max(s[i, y], -1.0), 1.0))
+        own = math.cos(theta + m) if theta <= math.pi - m else s[i, y] - m * math.sin(m)
+        logits = [scale * (own if c == y else s[i, c]) for c in range(len(w))]
+        total += _lse(logits) - logits[y]
+    return total / len(labels)
+
+
+def ref_cosface(labels, x, w, margin=0.35, scale=64.0):
+    s = _cosines(x, w)
+    total = 0.0
+    for i, y in enumerate(labels):
+        logits = [scale * (s[i, c] - (margin if c == y else 0.0)) for c in range(len(w))]
+        total += _lse(logits) - logits[y]
+    return total / len(labels)
+
+
+def ref_proxy_anchor(labels, x, w, margin=0.1, alpha=32.0):
+    s = _cosines(x, w)
+    present = sorted(set(int(y) for y in labels))
+    positive = sum(_lse([0.0] + [-alpha * (s[i, c] - margin) for i in range(len(labels)) if labels[i] == c])
+                   for c in present)
+    negative = sum(_lse([0.0] + [alpha * (s[i, c] + margin) for i in range(len(labels)) if labels[i] != c])
+                   for c in range(len(w)))
+    return positive / max(len(present), 1) + negative / len(w)
+
+
+REFERENCES = {
+    "arcface": (proxies.arcface_loss, ref_arcface, [{}, {"margin": 10.0, "scale": 16.0}]),
+    "cosface": (proxies.cosface_loss, ref_cosface, [{}, {"margin": 0.2, "scale": 30.0}]),
+    "proxy_anchor": (proxies.proxy_anchor_loss, ref_proxy_anchor, [{}, {"margin": 0.2, "alpha": 16.0}]),
+}
+CASES = [(name, index) for name, (_, _, options) in REFERENCES.items() for index in range(len(options))]
+
+
+def _batch(seed=0, size=12, dim=6, classes=5):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, classes - 1, size).astype("int32")  # the last class has no row in the batch
+    return labels, rng.normal(size=(size, dim)).astype("float32"), rng.normal(size=(classes, dim)).astype("float32")
+
+
+@pytest.mark.parametrize("name, index", CASES)
+def test_value_equals_the_numpy_loops(name, index):
+    function, reference, options = REFERENCES[name]
+    labels, x, w = _batch()
+    value = float(ops.convert_to_numpy(function(labels, x, w, **options[index])))
+    np.testing.assert_allclose(value, reference(labels, x, w, **options[index]), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name, index", CASES)
+def test_gradients_equal_central_differences_of_the_numpy_loops(name, index):
+    function, reference, options = REFERENCES[name]
+    labels, x, w = _batch(seed=1, size=6, dim=4, classes=4)
+    options = {**options[index], "scale": 4.0} if "scale" in function.__code__.co_varnames else options[index]
+    if name == "proxy_anchor":
+        options = {**options, "alpha": 4.0}
+    grads = gradient(lambda e, p: function(labels, e, p, **options), x, w)
+    step = 1e-6
+    for which, (array, grad) in enumerate(zip((x, w), grads)):
+        numeric = np.zeros(array.shape)
+        for position in np.ndindex(*array.shape):
+            moved = [x.astype(np.float64), w.astype(np.float64)]
+            up, down = moved[which].copy(), moved[which].copy()
+            up[position] += step
+            down[position] -= step
+            args_up = [up, moved[1]] if which == 0 else [moved[0], up]
+            args_down = [down, moved[1]] if which == 0 else [moved[0], down]
+            numeric[position] = (reference(labels, *args_up, **options) - reference(labels, *args_down, **options)) / (2 * step)
+        np.testing.assert_allclose(grad, numeric, rtol=2e-3, atol=2e-4, err_msg=("embeddings", "proxies")[which])
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_a_nan_embedding_gives_a_nan_loss(name):
+    labels, x, w = _batch()
+    x[2, 0] = np.nan
+    assert math.isnan(float(ops.convert_to_numpy(REFERENCES[name][0](labels, x, w))))
+
+
+@pytest.mark.parametrize("function, options, message", [
+    (proxies.arcface_loss, {"scale": 0.0}, "scale"),
+    (proxies.cosface_loss, {"margin": -0.1}, "margin"),
+    (proxies.proxy_anchor_loss, {"alpha": float("inf")}, "alpha"),
+])
+def test_a_bad_hyperparameter_is_refused_naming_it(function, options, message):
+    labels, x, w = _batch()
+    with pytest.raises(SiameseK3Error, match=message):
+        function(labels, x, w, **options)
+
+
+PML_CASES = {
+    "arcface": ("ArcFaceLoss", [{}, {"margin": 10.0, "scale": 30.0}, {"margin": 45.0, "scale": 16.0}]),
+    "cosface": ("CosFaceLoss", [{}, {"margin": 0.2, "scale": 30.0}, {"margin": 0.5, "scale": 10.0}]),
+    "proxy_anchor": ("ProxyAnchorLoss", [{}, {"margin": 0.2, "alpha": 16.0}, {"margin": 0.05, "alpha": 64.0}]),
+}
+
+
+@pytest.mark.skipif(not HAS_PML, reason="pytorch-metric-learning is the torch session's oracle")
+@pytest.mark.parametrize("name, index", [(name, index) for name in PML_CASES for index in range(3)])
+def test_value_and_gradients_equal_pytorch_metric_learning(name, index):
+    """PML's own weights (ArcFace and CosFace keep them as [D, C]: ours are its transpose)."""
+    import torch
+    from pytorch_metric_learning import losses as pml_losses
+
+    class_name, options = PML_CASES[name][0], PML_CASES[name][1][index]
+    labels, x, _ = _batch(seed=index, size=16, dim=8, classes=6)
+    torch.manual_seed(index)
+    theirs_loss = getattr(pml_losses, class_name)(num_classes=6, embedding_size=8, **options).double()
+    weights = theirs_loss.proxies if name == "proxy_anchor" else theirs_loss.W
+    theirs_x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    theirs = theirs_loss(theirs_x, torch.tensor(labels, dtype=torch.long))
+    their_grads = torch.autograd.grad(theirs, [theirs_x, weights])
+    ours_x = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    ours_w = (weights if name == "proxy_anchor" else weights.t()).detach().clone().requires_grad_(True)
+    ours = REFERENCES[name][0](torch.tensor(labels), ours_x, ours_w, **options)
+    our_grads = torch.autograd.grad(ours, [ours_x, ours_w])
+    assert ours.dtype == torch.float64
+    np.testing.assert_allclose(ours.item(), theirs.item(), rtol=1e-5)
+    np.testing.assert_allclose(our_grads[0].numpy(), their_grads[0].numpy(), rtol=1e-5, atol=1e-12)
+    their_w_grad = their_grads[1] if name == "proxy_anchor" else their_grads[1].t()
+    np.testing.assert_allclose(our_grads[1].numpy(), their_w_grad.numpy(), rtol=1e-5, atol=1e-12)
