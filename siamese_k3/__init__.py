@@ -27,7 +27,8 @@ _EXPORTS = {
     **dict.fromkeys(
         ("TripletBatchAllLoss", "TripletHardLoss", "TripletLoss", "TripletSemiHardLoss", "batch_all_triplet_loss",
          "batch_hard_triplet_loss", "semi_hard_triplet_loss", "triplet_loss",
-         "ContrastiveLoss", "MultiSimilarityLoss", "CircleLoss", "NTXentLoss", "SupConLoss"),
+         "ContrastiveLoss", "MultiSimilarityLoss", "CircleLoss", "NTXentLoss", "SupConLoss", "ArcFaceLoss",
+         "CosFaceLoss", "ProxyAnchorLoss", "Proxies"),
         "siamese_k3.losses",
     ),
     "MiningModel": "siamese_k3.models",

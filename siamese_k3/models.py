@@ -10,7 +10,8 @@ from siamese_k3.backend.registry import path_of
 from siamese_k3.checks import check_learning_rate, check_margin
 from siamese_k3.distances import check_distance
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.losses import TripletSemiHardLoss, triplet_loss
+from siamese_k3.losses import Proxies, TripletSemiHardLoss, triplet_loss
+from siamese_k3.losses.proxies import ProxyLoss
 
 TRIPLET_KEYS = ("anchor", "positive", "negative")
 
@@ -84,13 +85,19 @@ class _FastModel(keras.Model):
         self._fast_path = enabled_by_environment()
         self._default_steps_per_execution = False
 
+    _SAVED_LAYERS = ("backbone",)  # the layers the config holds, each serialized with the model
+
     def get_config(self):
-        return {**super().get_config(), "backbone": keras.saving.serialize_keras_object(self.backbone)}
+        layers = {name: getattr(self, name) for name in self._SAVED_LAYERS}
+        return {**super().get_config(), **{name: layer if layer is None else keras.saving.serialize_keras_object(layer)
+                                           for name, layer in layers.items()}}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"], custom_objects=custom_objects)
+        for name in cls._SAVED_LAYERS:
+            if config.get(name) is not None:
+                config[name] = keras.saving.deserialize_keras_object(config[name], custom_objects=custom_objects)
         return cls(**config)
 
     def _training_path(self):
@@ -351,13 +358,29 @@ class MiningModel(_FastModel):
     embedding network, trained in place (save it alone with
     `standalone_embedding`).
 
+    The proxy losses (`ArcFaceLoss`, ...) train one vector per class, ``proxies=Proxies(C)``: weights of
+    this model (trained, saved and resumed with it), never of the embedding network.
+
     Args:
         backbone: a `keras.Model` mapping one input batch to embeddings [B, D].
+        proxies: a `siamese_k3.Proxies` layer for a proxy loss, or None.
     """
+
+    _SAVED_LAYERS = ("backbone", "proxies")
+
+    def __init__(self, backbone, proxies=None, **kwargs):
+        super().__init__(backbone, **kwargs)
+        if proxies is not None and not isinstance(proxies, Proxies):
+            raise TypeError(f"proxies must be a siamese_k3.Proxies layer, got {type(proxies).__name__}.")
+        self.proxies = proxies
+        if proxies is not None and not proxies.built and getattr(self.backbone, "outputs", None):  # D is known
+            proxies.build(tuple(self.backbone.outputs[0].shape))
 
     def build(self, input_shape=None):
         if not self.backbone.built and input_shape is not None:
             self.backbone.build(input_shape)
+        if self.proxies is not None and not self.proxies.built:
+            self.proxies.build(self.backbone.compute_output_shape(input_shape))
         self.built = True
 
     def call(self, inputs, training=None):
@@ -367,6 +390,8 @@ class MiningModel(_FastModel):
         """`keras.Model.compile` with Adam, `TripletSemiHardLoss()` and the backend's fastest settings as defaults."""
         if loss is None:
             loss = TripletSemiHardLoss()
+        if isinstance(loss, ProxyLoss):
+            loss.bind(self.proxies)  # the model's own; a SiameseK3Error when it has none
         super().compile(optimizer=optimizer, loss=loss, **kwargs)
 
     def _fit_arguments(self, x, y, options):

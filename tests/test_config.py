@@ -111,3 +111,10 @@ def test_pair_losses_rank_by_cosine_and_take_only_their_own_options():
         TrainConfig.from_recipe("default", loss="circle", loss_options=[1])
     with pytest.raises(SiameseK3Error, match="triplet' has no option soft; it takes none"):
         TrainConfig.from_recipe("default", loss="triplet", loss_options={"soft": True})
+
+
+def test_proxy_losses_rank_by_cosine_and_take_a_proxy_lr_multiplier():
+    config = TrainConfig.from_recipe("default", loss="proxy_anchor", loss_options={"alpha": 16, "proxy_lr_multiplier": 100})
+    assert (config.distance, config.loss_options["proxy_lr_multiplier"]) == ("cosine", 100)
+    with pytest.raises(SiameseK3Error, match="loss='arcface' has no option temperature"):
+        TrainConfig.from_recipe("default", loss="arcface", loss_options={"temperature": 1})

@@ -293,12 +293,15 @@ def test_the_configs_option_table_is_each_loss_classes_signature():
     """runs/config.py names every loss's options (checked before keras is imported): they are the classes'."""
     import inspect
 
-    from siamese_k3.runs.config import MINING_LOSS_OPTIONS, PAIR_LOSS_OPTIONS
+    from siamese_k3.runs.config import MINING_LOSS_OPTIONS, PAIR_LOSS_OPTIONS, PROXY_LOSS_OPTIONS
 
     run_options = {"margin", "distance"}  # a mining loss takes these from the run
-    for table, registry in ((PAIR_LOSS_OPTIONS, losses.PAIR_LOSSES), (MINING_LOSS_OPTIONS, losses.MINING_LOSSES)):
+    for table, registry in ((PAIR_LOSS_OPTIONS, losses.PAIR_LOSSES), (MINING_LOSS_OPTIONS, losses.MINING_LOSSES),
+                            (PROXY_LOSS_OPTIONS, losses.PROXY_LOSSES)):
         assert set(table) == set(registry)
         for name, cls in registry.items():
             parameters = set(inspect.signature(cls.__init__).parameters) - {"self", "name", "kwargs"}
             expected = parameters - (run_options if table is MINING_LOSS_OPTIONS else set())
+            if table is PROXY_LOSS_OPTIONS:
+                expected |= {"proxy_lr_multiplier"}  # for the model's Proxies layer
             assert set(table[name]) == expected, name

@@ -150,3 +150,71 @@ def test_value_and_gradients_equal_pytorch_metric_learning(name, index):
     np.testing.assert_allclose(our_grads[0].numpy(), their_grads[0].numpy(), rtol=1e-5, atol=1e-12)
     their_w_grad = their_grads[1] if name == "proxy_anchor" else their_grads[1].t()
     np.testing.assert_allclose(our_grads[1].numpy(), their_w_grad.numpy(), rtol=1e-5, atol=1e-12)
+
+
+# --------------------------------------------------------------------------
+# The proxies as weights of MiningModel
+# --------------------------------------------------------------------------
+
+
+def _clusters(seed=0, classes=4, per_class=16, dim=8):
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(classes), per_class).astype("int32")
+    return (rng.normal(size=(classes, dim))[labels] + 0.3 * rng.normal(size=(len(labels), dim))).astype("float32"), labels
+
+
+def _proxy_model(loss, lr_multiplier=1.0):
+    from siamese_k3 import MiningModel
+
+    inputs = keras.Input((8,))
+    backbone = keras.Model(inputs, keras.layers.Dense(4)(keras.layers.Dense(16, activation="relu")(inputs)))
+    model = MiningModel(backbone, proxies=proxies.Proxies(4, lr_multiplier=lr_multiplier))
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=loss)
+    return model
+
+
+@pytest.mark.parametrize("name", ["arcface", "cosface", "proxy_anchor"])
+def test_a_mining_model_trains_its_proxies_and_saves_them_apart_from_the_backbone(name, tmp_path):
+    from siamese_k3 import losses
+    from siamese_k3.models import standalone_embedding
+
+    x, labels = _clusters()
+    model = _proxy_model(losses.get(name, scale=16.0) if name != "proxy_anchor" else losses.get(name))
+    before = ops.convert_to_numpy(model.proxies.proxies).copy()
+    history = model.fit(x, labels, batch_size=32, epochs=6, verbose=0).history["loss"]
+    assert all(math.isfinite(value) for value in history) and history[-1] < history[0], history
+    trained = ops.convert_to_numpy(model.proxies.proxies)
+    assert not np.allclose(trained, before)  # the optimizer trains them
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    np.testing.assert_array_equal(ops.convert_to_numpy(loaded.proxies.proxies), trained)
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-6)
+    assert loaded.loss.get_config()["margin"] == model.loss.get_config()["margin"]
+    loaded.fit(x, labels, batch_size=32, epochs=1, verbose=0)  # the loaded loss reads the loaded proxies
+    embedding = standalone_embedding(model.backbone)  # the backbone has no [4, 4] weight; the proxies are [4, 4]
+    assert len(embedding.weights) == len(model.backbone.weights) == len(model.weights) - 1
+    assert all(tuple(weight.shape) != (4, 4) for weight in embedding.weights)
+
+
+def test_a_proxy_loss_needs_the_models_proxies():
+    from siamese_k3 import MiningModel
+
+    inputs = keras.Input((8,))
+    model = MiningModel(keras.Model(inputs, keras.layers.Dense(4)(inputs)))
+    with pytest.raises(SiameseK3Error, match=r"MiningModel\(backbone, proxies=siamese_k3.Proxies\(num_classes\)\)"):
+        model.compile(loss=proxies.ArcFaceLoss())
+
+
+def test_the_lr_multiplier_scales_adams_step_on_the_proxies_not_their_start():
+    x, labels = _clusters()
+    moves = {}
+    for multiplier in (1.0, 10.0):
+        keras.utils.set_random_seed(7)
+        model = _proxy_model(proxies.CosFaceLoss(scale=16.0), lr_multiplier=multiplier)
+        start = ops.convert_to_numpy(model.proxies.proxies).copy()
+        if multiplier == 1.0:
+            first_start = start
+        np.testing.assert_allclose(start, first_start, rtol=1e-6)
+        model.fit(x, labels, batch_size=64, epochs=1, verbose=0)  # one Adam step: |Δ| ≈ lr · multiplier
+        moves[multiplier] = np.abs(ops.convert_to_numpy(model.proxies.proxies) - start)
+    np.testing.assert_allclose(moves[10.0], 10.0 * moves[1.0], rtol=1e-3, atol=1e-6)

@@ -105,3 +105,24 @@ def test_a_pair_loss_trains_from_the_cli_and_ranks_by_cosine(tmp_path):
     assert metrics["precision_at_1"] > 0.5, metrics
     model = keras.saving.load_model(out / "model.keras")
     assert model.loss.get_config()["temperature"] == 0.2
+
+
+def test_a_proxy_loss_trains_from_the_cli_with_its_proxies_in_model_keras_only(tmp_path):
+    """`train --loss arcface`: one proxy per class, trained, saved in model.keras, not in embedding.keras."""
+    import json
+
+    from siamese_k3 import cli
+    from toy import TINY, write_clustered_idx
+
+    write_clustered_idx(tmp_path / "data", train=80, test=40)
+    out = tmp_path / "arcface"
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--loss", "arcface",
+                     "--loss-options", '{"scale": 16, "proxy_lr_multiplier": 5}', "--no-plots", *TINY])
+    assert code == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["loss"], config["distance"]) == ("arcface", "cosine")
+    model = keras.saving.load_model(out / "model.keras")
+    assert (model.proxies.num_classes, model.proxies.lr_multiplier) == (10, 5)
+    assert tuple(model.proxies.proxies.shape) == (10, 8)  # TINY's --embedding-dim 8
+    embedding = keras.saving.load_model(out / "embedding.keras")
+    assert all(tuple(weight.shape) != (10, 8) for weight in embedding.weights)

@@ -46,9 +46,10 @@ def build_parser():
                        help='the backbone\'s arguments as a JSON object, such as \'{"filters": [32, 64, 128]}\' '
                        "(default: the recipe's, for the recipe's backbone)")
     train.add_argument("--loss", choices=LOSSES,
-                       help="a mining loss (semi_hard, batch_hard, batch_all) or a pair loss (contrastive, "
-                       "multi_similarity, circle, ntxent, supcon: distance cosine unless given) on class-balanced "
-                       "batches, or triplet on random triplets")
+                       help="a mining loss (semi_hard, batch_hard, batch_all), a pair loss (contrastive, "
+                       "multi_similarity, circle, ntxent, supcon) or a proxy loss (arcface, cosface, proxy_anchor: "
+                       "one trained proxy per class) on class-balanced batches (distance cosine unless given for "
+                       "the pair and proxy losses), or triplet on random triplets")
     train.add_argument("--loss-options", type=_json_object, metavar="JSON",
                        help='the loss\'s own options as a JSON object, such as \'{"alpha": 2, "beta": 50}\' '
                        "for multi_similarity (siamese_k3.losses: PML's names and defaults)")

@@ -10,8 +10,8 @@ classes that configure them (`get_config`), registered with keras for `model.ker
   names and defaults: `contrastive_loss`, `multi_similarity_loss`, `circle_loss`, `ntxent_loss`,
   `supcon_loss`.
 - `proxies`: one learned vector per class, each embedding against every proxy (O(B·C)):
-  `arcface_loss`, `cosface_loss`, `proxy_anchor_loss` (the proxies are weights of the training
-  model, passed in).
+  `arcface_loss`, `cosface_loss`, `proxy_anchor_loss`; the `Proxies` layer holds them in the
+  training model (`MiningModel(backbone, proxies=Proxies(C))`) and the `Loss` classes read them.
 - `base`: what the families share (pair masks, masked reductions, the `Loss` bases).
 
 `get(name)` builds a loss on a labelled batch by its short name (`MINING_LOSSES`, `PAIR_LOSSES`).
@@ -25,7 +25,7 @@ from siamese_k3.losses.pairs import *  # noqa: F403 (the family's public names, 
 from siamese_k3.losses.proxies import *  # noqa: F403 (the family's public names, `proxies.__all__`)
 from siamese_k3.losses.triplet import *  # noqa: F403 (the family's public names, `triplet.__all__`)
 
-__all__ = [*triplet.__all__, *pairs.__all__, *proxies.__all__, "MINING_LOSSES", "PAIR_LOSSES", "get"]
+__all__ = [*triplet.__all__, *pairs.__all__, *proxies.__all__, "MINING_LOSSES", "PAIR_LOSSES", "PROXY_LOSSES", "get"]
 
 MINING_LOSSES = {
     "semi_hard": TripletSemiHardLoss,
@@ -39,10 +39,13 @@ PAIR_LOSSES = {
     "ntxent": NTXentLoss,
     "supcon": SupConLoss,
 }
-_LABELLED_LOSSES = {**MINING_LOSSES, **PAIR_LOSSES}
+PROXY_LOSSES = {"arcface": ArcFaceLoss, "cosface": CosFaceLoss, "proxy_anchor": ProxyAnchorLoss}
+_LABELLED_LOSSES = {**MINING_LOSSES, **PAIR_LOSSES, **PROXY_LOSSES}
 
 
 def get(name, **options):
     """A loss on a labelled batch by short name: a mining loss (``semi_hard``, ``batch_hard``, ``batch_all``) or
-    a pair loss (``contrastive``, ``multi_similarity``, ``circle``, ``ntxent``, ``supcon``), with its options."""
+    a pair loss (``contrastive``, ``multi_similarity``, ``circle``, ``ntxent``, ``supcon``) or a proxy loss
+    (``arcface``, ``cosface``, ``proxy_anchor``: compile it into ``MiningModel(backbone, proxies=...)``),
+    with its options."""
     return _LABELLED_LOSSES[check_choice(name, _LABELLED_LOSSES, "loss")](**options)

@@ -119,6 +119,16 @@ class LabelledLoss(ConfiguredLoss):
         return super().__call__(y_true, y_pred, sample_weight=sample_weight)
 
     def call(self, y_true, y_pred):
-        labels, embeddings = distributed.gather(y_true), distributed.gather(y_pred)
-        loss, scale = type(self).loss_fn(labels, embeddings, **self.options), distributed.loss_scale()
+        labels, embeddings = self.gather(y_true, y_pred)
+        return self.scaled(type(self).loss_fn(labels, embeddings, **self.options))
+
+    @staticmethod
+    def gather(y_true, y_pred):
+        """Every replica's labels and embeddings (the global batch); this replica's without an engine."""
+        return distributed.gather(y_true), distributed.gather(y_pred)
+
+    @staticmethod
+    def scaled(loss):
+        """The loss times the engine's `loss_scale` (1 without an engine)."""
+        scale = distributed.loss_scale()
         return loss if scale == 1.0 else loss * scale

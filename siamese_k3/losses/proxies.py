@@ -16,17 +16,33 @@ Keras `Loss` (which holds no variables).
 - `arcface_loss`: additive angular margin (Deng et al. 2019).
 - `cosface_loss`: additive cosine margin (Wang et al. 2018).
 - `proxy_anchor_loss`: Kim et al. 2020.
+
+Training them: the `Proxies` layer holds the weights in the training model
+(``MiningModel(backbone, proxies=Proxies(num_classes))``, whose optimizer trains
+them and whose ``model.keras`` saves them; ``embedding.keras`` never holds them),
+and the `Loss` classes (`ArcFaceLoss`, `CosFaceLoss`, `ProxyAnchorLoss`) read
+them from the model they are compiled into.
 """
 
 import math
 
+import keras
 from keras import ops
 
-from siamese_k3.checks import check_labels, check_margin, check_positive_number
+from siamese_k3.checks import check_integer, check_labels, check_margin, check_positive_number
 from siamese_k3.distances import inner_products, l2_normalize, to_float32
-from siamese_k3.losses.base import keep_non_finite, masked_logsumexp, mean, witness
+from siamese_k3.errors import SiameseK3Error
+from siamese_k3.losses.base import LabelledLoss, keep_non_finite, masked_logsumexp, mean, witness
 
-__all__ = ["arcface_loss", "cosface_loss", "proxy_anchor_loss"]
+__all__ = [
+    "arcface_loss",
+    "cosface_loss",
+    "proxy_anchor_loss",
+    "Proxies",
+    "ArcFaceLoss",
+    "CosFaceLoss",
+    "ProxyAnchorLoss",
+]
 
 
 def _cosines(labels, embeddings, proxies):
@@ -96,3 +112,106 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin=0.1, alpha=32.0):
     present = ops.sum(ops.cast(ops.any(members, axis=1), positive.dtype))
     loss = ops.sum(positive) / ops.where(present < 1.0, 1.0, present) + mean(negative)
     return keep_non_finite(loss, witness(embeddings))
+
+
+# --------------------------------------------------------------------------
+# The proxies as weights of the training model, and the Loss classes that read them
+# --------------------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class Proxies(keras.layers.Layer):
+    """One trainable vector per class, [num_classes, D], for the proxy losses (D: the embedding size, at build).
+
+    `lr_multiplier` k makes the proxies learn k times as fast as the backbone
+    under Adam-type optimizers (PML's proxy learning-rate multiplier): the
+    layer stores w / k and the losses read k · (w / k), so Adam's
+    scale-free step on the stored weight is a k-times larger step on the
+    proxies (k² under plain SGD). The initial proxies do not depend on k:
+    standard normal draws (PML's default for ArcFace and CosFace).
+    """
+
+    def __init__(self, num_classes, lr_multiplier=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.num_classes = check_integer(num_classes, "num_classes", minimum=2)
+        self.lr_multiplier = check_positive_number(lr_multiplier, "lr_multiplier")
+
+    def build(self, embedding_shape):
+        scale = 1.0 / self.lr_multiplier
+        self.stored = self.add_weight(
+            shape=(self.num_classes, int(embedding_shape[-1])), name="proxies",
+            initializer=keras.initializers.RandomNormal(stddev=scale),
+        )
+        self.built = True
+
+    @property
+    def proxies(self):
+        """The proxies [num_classes, D] as the losses read them: k · the stored weight."""
+        value = ops.convert_to_tensor(self.stored)
+        return value if self.lr_multiplier == 1.0 else value * self.lr_multiplier
+
+    def call(self, embeddings):
+        return embeddings
+
+    def get_config(self):
+        return {**super().get_config(), "num_classes": self.num_classes, "lr_multiplier": self.lr_multiplier}
+
+
+class ProxyLoss(LabelledLoss):
+    """y_true = labels [B], y_pred = embeddings [B, D]; the proxies are those of the model it is compiled into.
+
+    `siamese_k3.MiningModel` with `proxies=` binds them at `compile` (`bind`); the
+    loss itself holds no variable and saves only its options.
+    """
+
+    def bind(self, proxies):
+        """Read the proxies of this `Proxies` layer (the model's) from now on; None: `SiameseK3Error`."""
+        if proxies is None:
+            raise SiameseK3Error(
+                f"{type(self).__name__} trains one proxy per class, which live in the model: compile it into "
+                "siamese_k3.MiningModel(backbone, proxies=siamese_k3.Proxies(num_classes))."
+            )
+        self._proxies = proxies
+
+    def call(self, y_true, y_pred):
+        layer = getattr(self, "_proxies", None)
+        if layer is None:
+            self.bind(None)
+        labels, embeddings = self.gather(y_true, y_pred)
+        return self.scaled(type(self).loss_fn(labels, embeddings, layer.proxies, **self.options))
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class ArcFaceLoss(ProxyLoss):
+    """Keras `Loss` for `arcface_loss` (PML `ArcFaceLoss`; `margin` in degrees)."""
+
+    loss_fn = staticmethod(arcface_loss)
+
+    def __init__(self, margin=28.6, scale=64.0, name="arcface_loss", **kwargs):
+        check_margin(margin)
+        check_positive_number(scale, "scale")
+        super().__init__(name=name, margin=margin, scale=scale, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class CosFaceLoss(ProxyLoss):
+    """Keras `Loss` for `cosface_loss` (PML `CosFaceLoss`)."""
+
+    loss_fn = staticmethod(cosface_loss)
+
+    def __init__(self, margin=0.35, scale=64.0, name="cosface_loss", **kwargs):
+        check_margin(margin)
+        check_positive_number(scale, "scale")
+        super().__init__(name=name, margin=margin, scale=scale, **kwargs)
+
+
+@keras.saving.register_keras_serializable(package="siamese_k3")
+class ProxyAnchorLoss(ProxyLoss):
+    """Keras `Loss` for `proxy_anchor_loss` (PML `ProxyAnchorLoss`)."""
+
+    loss_fn = staticmethod(proxy_anchor_loss)
+
+    def __init__(self, margin=0.1, alpha=32.0, name="proxy_anchor_loss", **kwargs):
+        check_margin(margin)
+        check_positive_number(alpha, "alpha")
+        super().__init__(name=name, margin=margin, alpha=alpha, **kwargs)

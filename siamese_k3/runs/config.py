@@ -29,8 +29,14 @@ PAIR_LOSS_OPTIONS = {
     "ntxent": ("temperature",),
     "supcon": ("temperature",),
 }
+# The proxy losses (siamese_k3.losses.proxies): one trained proxy per class, proxy_lr_multiplier for its Proxies.
+PROXY_LOSS_OPTIONS = {
+    "arcface": ("margin", "scale", "proxy_lr_multiplier"),
+    "cosface": ("margin", "scale", "proxy_lr_multiplier"),
+    "proxy_anchor": ("margin", "alpha", "proxy_lr_multiplier"),
+}
 MINING_LOSS_OPTIONS = {"semi_hard": ("normalize",), "batch_hard": ("soft", "normalize"), "batch_all": ("normalize",)}
-LOSSES = (*MINING_LOSS_OPTIONS, "triplet", *PAIR_LOSS_OPTIONS)
+LOSSES = (*MINING_LOSS_OPTIONS, "triplet", *PAIR_LOSS_OPTIONS, *PROXY_LOSS_OPTIONS)
 DATASETS = ("fashion_mnist", "mnist")
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 PAIRS_PREFIX = "pairs:"
@@ -85,8 +91,8 @@ class TrainConfig:
         _check_dataset(self.dataset)
         check_choice(self.recipe, recipes.LABELLED, "recipe")
         defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
-        if self.distance is None and (self.loss or defaults["loss"]) in PAIR_LOSS_OPTIONS:
-            # the pair losses train directions (normalised embeddings, cosine similarity): rank by cosine
+        if self.distance is None and (self.loss or defaults["loss"]) in (*PAIR_LOSS_OPTIONS, *PROXY_LOSS_OPTIONS):
+            # the pair and proxy losses train directions (cosine similarity): rank by cosine
             object.__setattr__(self, "distance", "cosine")
         given_options = self.backbone_options
         for key, value in defaults.items():
@@ -180,7 +186,7 @@ class TrainConfig:
 def _check_loss_options(loss, options):
     if not isinstance(options, dict):
         raise SiameseK3Error(f"loss_options must be a dict of the loss's options, such as {{'alpha': 2.0}}, got {options!r}.")
-    allowed = {**MINING_LOSS_OPTIONS, **PAIR_LOSS_OPTIONS}.get(loss, ())
+    allowed = {**MINING_LOSS_OPTIONS, **PAIR_LOSS_OPTIONS, **PROXY_LOSS_OPTIONS}.get(loss, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none (margin and distance are options of the run)"

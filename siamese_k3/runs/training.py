@@ -27,12 +27,15 @@ import logging
 import os
 
 import keras
+import numpy as np
 
 from siamese_k3 import backbones, losses, precision
 from siamese_k3.runs import evaluation as run_evaluation
 from siamese_k3.backend import registry
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
-from siamese_k3.runs.config import PAIR_LOSS_OPTIONS, TrainConfig
+from siamese_k3.runs.config import PAIR_LOSS_OPTIONS, PROXY_LOSS_OPTIONS, TrainConfig
+
+OWN_OPTIONS = {**PAIR_LOSS_OPTIONS, **PROXY_LOSS_OPTIONS}  # the losses that take none of the run's margin
 from siamese_k3.data import ClassBalancedBatches, TripletBatches
 from siamese_k3.errors import NonFiniteLossError, PeerTimeoutError, SiameseK3Error
 from siamese_k3.runs.interrupts import stop_on_signals
@@ -322,10 +325,14 @@ def _model_and_batches(backbone, data, config):
         data["x_test"], data["y_test"], steps_per_epoch=VALIDATION_STEPS, seed=config.seed + 1, **sampler,
     )
     options = dict(margin=config.margin, distance=config.distance)
-    # a mining loss takes the run's margin and distance; a pair loss its own options only (losses.pairs)
-    loss_options = config.loss_options if config.loss in PAIR_LOSS_OPTIONS else {**options, **config.loss_options}
+    # a mining loss takes the run's margin and distance; a pair or proxy loss its own options only (losses/)
+    loss_options = dict(config.loss_options) if config.loss in OWN_OPTIONS else {**options, **config.loss_options}
+    proxies = None
+    if config.loss in PROXY_LOSS_OPTIONS:  # one proxy per class, trained and saved with the model
+        classes = int(np.max(data["y_train"])) + 1
+        proxies = losses.Proxies(classes, lr_multiplier=loss_options.pop("proxy_lr_multiplier", 1.0))
     compile_options = {"loss": losses.get(config.loss, **loss_options), "metrics": [FractionPositiveTriplets(**options)]}
-    return MiningModel(backbone), train_data, FixedBatches(validation), compile_options
+    return MiningModel(backbone, proxies=proxies), train_data, FixedBatches(validation), compile_options
 
 
 class FixedBatches(keras.utils.PyDataset):
