@@ -111,6 +111,8 @@ MIXED_BFLOAT16 = {"torch": None, "jax": None, "tensorflow": (1e-2, 1e-3, 2**-4)}
 DEFAULT_STEPS = {"torch": 1, "jax": 32, "tensorflow": 32}[BACKEND]
 
 BOTH = ("siamese", "mining")
+# MiningModels with the other loss families: a pair loss, and a proxy loss with the model's Proxies layer
+NEW_LOSSES = ("pairs", "proxies")
 
 torch_only = pytest.mark.skipif(BACKEND != "torch", reason="only torch calls layers directly")
 
@@ -324,6 +326,8 @@ def _model(kind, variant):
     backbone = _backbone(variant)
     if kind == "siamese":
         return siamese_k3.SiameseModel(backbone, margin=0.5)
+    if kind == "proxies":
+        return siamese_k3.MiningModel(backbone, proxies=siamese_k3.Proxies(CLASSES))
     return siamese_k3.MiningModel(backbone)
 
 
@@ -331,6 +335,10 @@ def _compile(model, kind, fast, optimizer=None, **kwargs):
     optimizer = optimizer() if optimizer else keras.optimizers.Adam(1e-2)
     if kind == "mining":
         kwargs.setdefault("loss", siamese_k3.TripletBatchAllLoss(margin=0.2))
+    elif kind == "pairs":
+        kwargs.setdefault("loss", siamese_k3.MultiSimilarityLoss(epsilon=0.1))
+    elif kind == "proxies":
+        kwargs.setdefault("loss", siamese_k3.ArcFaceLoss(scale=16.0))
     model.compile(optimizer=optimizer, fast_path=fast, **kwargs)
 
 
@@ -499,6 +507,13 @@ CASES = [
         optimizer=lambda: keras.optimizers.Adam(1e-2, gradient_accumulation_steps=2),
     ),  # fmt: skip
     _case("mixed_bfloat16", _numpy, backbone="mixed"),
+    # the pair and proxy losses: plain arrays, validation, mixed precision, the mining model's fast path
+    _case("numpy", _numpy, kinds=NEW_LOSSES, compiled=NEW_LOSSES),
+    _case(
+        "validation_data", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)), kinds=NEW_LOSSES,
+        compiled=NEW_LOSSES, expect=_has("val_loss"),
+    ),  # fmt: skip
+    _case("mixed_bfloat16", _numpy, backbone="mixed", kinds=NEW_LOSSES, compiled=NEW_LOSSES),
     _case("frozen_layer", _numpy, backbone="frozen"),
     _case(
         "dropout", lambda kind, tmp: _numpy(kind, tmp, validation_data=_validation(kind)), backbone="dropout",
