@@ -19,7 +19,7 @@ import sys
 
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
-parser.add_argument("loss", choices=("semi_hard", "triplet"))
+parser.add_argument("loss", choices=("semi_hard", "triplet", "cosface"))
 parser.add_argument("mode", choices=("single", "parallel"))
 parser.add_argument("--logical-cpus", type=int, default=0)
 args = parser.parse_args()
@@ -34,7 +34,7 @@ if args.logical_cpus:
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from siamese_k3 import MiningModel, SiameseModel, TripletSemiHardLoss  # noqa: E402
+from siamese_k3 import CosFaceLoss, MiningModel, Proxies, SiameseModel, TripletSemiHardLoss  # noqa: E402
 from siamese_k3.data import ClassBalancedBatches, TripletBatches  # noqa: E402
 from siamese_k3.parallel import DataParallel  # noqa: E402
 
@@ -79,7 +79,7 @@ def main():
     engine_for_one = keras.backend.backend() == "tensorflow"
     parallel = DataParallel() if args.mode == "parallel" or engine_for_one else None
     keras.utils.set_random_seed(0)
-    if args.loss == "semi_hard":
+    if args.loss in ("semi_hard", "cosface"):
         batches = ClassBalancedBatches(images, labels, 4, 4, steps_per_epoch=STEPS, seed=0)
     else:
         batches = TripletBatches(images, labels, 16, steps_per_epoch=STEPS, seed=0)
@@ -88,6 +88,10 @@ def main():
             model = MiningModel(backbone())
             model.compile(optimizer=keras.optimizers.SGD(0.05), loss=TripletSemiHardLoss(margin=0.5),
                           steps_per_execution=1)
+            model.build((None, 28, 28))
+        elif args.loss == "cosface":  # the proxies: weights of the model, the same on every replica
+            model = MiningModel(backbone(), proxies=Proxies(6))
+            model.compile(optimizer=keras.optimizers.SGD(0.05), loss=CosFaceLoss(scale=8.0), steps_per_execution=1)
             model.build((None, 28, 28))
         else:
             model = SiameseModel(backbone(), margin=0.5)

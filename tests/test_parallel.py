@@ -115,7 +115,9 @@ def assert_same_training(single, parallel):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
-@pytest.mark.parametrize("loss", ["semi_hard", "triplet"])
+# semi_hard: global mining over the gathered batch (every loss on a labelled batch gathers the same way);
+# cosface: a proxy loss, whose proxies are model weights kept equal on every replica
+@pytest.mark.parametrize("loss", ["semi_hard", "triplet", "cosface"])
 def test_two_processes_train_like_one(tmp_path, loss):
     single = worker_report(tmp_path, loss, "single", 1)
     parallel = worker_report(tmp_path, loss, "parallel", 2)
