@@ -1,6 +1,8 @@
-"""The loss algorithm on its own: siamese_k3's O(B²) mining losses against the textbook O(B³) ones.
+"""The loss algorithms on their own: siamese_k3's O(B²) mining losses against the textbook O(B³) ones, and
+every other loss family against pytorch-metric-learning's.
 
     python -m benchmarks.tools.losses --backends jax,tensorflow,torch --sizes 64,256,1024,4096
+    python -m benchmarks.tools.losses --losses contrastive,supcon,arcface --implementations siamese_k3,pytorch_metric_learning
 
 For every (backend, implementation, loss, B) a fresh worker process builds B
 embeddings of `--dim` dimensions (labels: B / 4 classes of 4, a P × K batch)
@@ -22,6 +24,10 @@ and times the loss with its gradient (forward + backward, median of
   (``"semihard"`` or ``"all"``) feeding `TripletMarginLoss`, the way its users
   mine. Its semi-hard miner keeps every semi-hard triplet rather than the
   closest one per pair, so its value differs; the cost is what is compared.
+  For the pair and proxy losses (`PML_LOSSES`: siamese_k3 and PML only), PML's
+  class of the same name at its defaults: the same value (tests/test_losses_pairs.py).
+  The proxy losses get B / 4 classes of proxies (fixed, the gradient is the
+  embeddings').
 
 Peak memory: what the calls added to the worker's peak resident set
 (ru_maxrss after minus before; imports and data already resident), so each
@@ -43,7 +49,20 @@ import time
 from benchmarks import launcher, measure
 
 IMPLEMENTATIONS = ("siamese_k3", "native", "textbook", "pytorch_metric_learning")
-LOSSES = ("semi_hard", "batch_all")
+TRIPLET_LOSSES = ("semi_hard", "batch_all")
+# siamese_k3's loss function and PML's class of the same loss (both at their defaults), by short name
+PML_LOSSES = {
+    "contrastive": ("contrastive_loss", "ContrastiveLoss"),
+    "multi_similarity": ("multi_similarity_loss", "MultiSimilarityLoss"),
+    "circle": ("circle_loss", "CircleLoss"),
+    "ntxent": ("ntxent_loss", "NTXentLoss"),
+    "supcon": ("supcon_loss", "SupConLoss"),
+    "arcface": ("arcface_loss", "ArcFaceLoss"),
+    "cosface": ("cosface_loss", "CosFaceLoss"),
+    "proxy_anchor": ("proxy_anchor_loss", "ProxyAnchorLoss"),
+}
+PROXY_LOSSES = ("arcface", "cosface", "proxy_anchor")
+LOSSES = (*TRIPLET_LOSSES, *PML_LOSSES)
 SAMPLES_PER_CLASS = 4
 MARGINS = {"semi_hard": 1.0, "batch_all": 0.2}
 # float32 [B, B, B] tensors the textbook formulation keeps alive at once, and pml's boolean masks.
@@ -54,8 +73,17 @@ def _peak_rss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _loss_function(backend, implementation, loss):
+def _proxies(size, dim):
+    """The proxy losses' fixed proxies: B / 4 classes (a P × K batch of 4 per class), normal draws."""
+    import numpy as np
+
+    return np.random.default_rng(1).normal(size=(size // SAMPLES_PER_CLASS, dim)).astype("float32")
+
+
+def _loss_function(backend, implementation, loss, size=None, dim=None):
     """loss(embeddings, labels) → scalar for `implementation`, or None when it does not exist here."""
+    if loss in PML_LOSSES:
+        return _family_function(backend, implementation, loss, size, dim)
     if implementation == "siamese_k3":
         from siamese_k3 import losses
 
@@ -73,6 +101,38 @@ def _loss_function(backend, implementation, loss):
     miner = miners.TripletMarginMiner(margin=MARGINS[loss], type_of_triplets="semihard" if loss == "semi_hard" else "all")
     triplet = pml_losses.TripletMarginLoss(margin=MARGINS[loss])
     return lambda embeddings, labels: triplet(embeddings, labels, miner(embeddings, labels))
+
+
+def _family_function(backend, implementation, loss, size, dim):
+    """A pair or proxy loss: siamese_k3's function, or PML's class (torch), at its defaults; None otherwise."""
+    ours, theirs = PML_LOSSES[loss]
+    proxies = _proxies(size, dim) if loss in PROXY_LOSSES else None
+    if implementation == "siamese_k3":
+        import keras
+
+        from siamese_k3 import losses
+
+        function = getattr(losses, ours)
+        if proxies is None:
+            return lambda embeddings, labels: function(labels, embeddings)
+        proxies = keras.ops.convert_to_tensor(proxies)
+        return lambda embeddings, labels: function(labels, embeddings, proxies)
+    if implementation != "pytorch_metric_learning" or backend != "torch":
+        return None
+    if importlib.util.find_spec("pytorch_metric_learning") is None:
+        return None
+    import torch
+    from pytorch_metric_learning import losses as pml_losses
+
+    if proxies is None:
+        pml = getattr(pml_losses, theirs)()
+        return lambda embeddings, labels: pml(embeddings, labels.long())
+    pml = getattr(pml_losses, theirs)(num_classes=len(proxies), embedding_size=dim)
+    weights = pml.proxies if loss == "proxy_anchor" else pml.W
+    with torch.no_grad():
+        weights.copy_(torch.from_numpy(proxies if loss == "proxy_anchor" else proxies.T.copy()))
+    weights.requires_grad_(False)  # the embeddings' gradient, as for siamese_k3's fixed proxies
+    return lambda embeddings, labels: pml(embeddings, labels.long())
 
 
 def _value_and_gradient(backend, function, labels):
@@ -120,7 +180,7 @@ def _worker(args):
     backend = keras.backend.backend()
     rows = []
     for implementation, loss, size in _cases(args):
-        function = _loss_function(backend, implementation, loss)
+        function = _loss_function(backend, implementation, loss, size, args.dim)
         if function is None:
             continue
         row = {"backend": backend, "implementation": implementation, "loss": loss, "batch": size, "dim": args.dim,
@@ -165,7 +225,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="jax,tensorflow,torch")
     parser.add_argument("--implementations", default=",".join(IMPLEMENTATIONS))
-    parser.add_argument("--losses", default=",".join(LOSSES))
+    parser.add_argument("--losses", default=",".join(LOSSES), help=f"any of {', '.join(LOSSES)}")
     parser.add_argument("--sizes", default="64,256,1024,4096", help="batch sizes B")
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
