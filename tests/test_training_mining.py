@@ -87,19 +87,26 @@ def test_pair_loss_improves_precision_at_1_by_cosine(name):
     assert trained >= untrained + 0.3, (untrained, trained)
 
 
-def test_a_pair_loss_trains_from_the_cli_and_ranks_by_cosine(tmp_path):
-    """`train --loss supcon --loss-options JSON`: the run trains the loss with its options and evaluates by cosine."""
+def _cli_run(tmp_path, loss, options):
+    """`siamese-k3 train --loss LOSS --loss-options OPTIONS` on toy data (toy.TINY, no plots): (config.json, folder)."""
     import json
 
     from siamese_k3 import cli
     from toy import TINY, write_clustered_idx
 
     write_clustered_idx(tmp_path / "data", train=80, test=40)
-    out = tmp_path / "supcon"
-    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--loss", "supcon",
-                     "--loss-options", '{"temperature": 0.2}', "--no-plots", *TINY])
+    out = tmp_path / loss
+    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--loss", loss,
+                     "--loss-options", json.dumps(options), "--no-plots", *TINY])
     assert code == 0
-    config = json.loads((out / "config.json").read_text())
+    return json.loads((out / "config.json").read_text()), out
+
+
+def test_a_pair_loss_trains_from_the_cli_and_ranks_by_cosine(tmp_path):
+    """`train --loss supcon --loss-options JSON`: the run trains the loss with its options and evaluates by cosine."""
+    import json
+
+    config, out = _cli_run(tmp_path, "supcon", {"temperature": 0.2})
     assert (config["loss"], config["loss_options"], config["distance"]) == ("supcon", {"temperature": 0.2}, "cosine")
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["precision_at_1"] > 0.5, metrics
@@ -109,17 +116,7 @@ def test_a_pair_loss_trains_from_the_cli_and_ranks_by_cosine(tmp_path):
 
 def test_a_proxy_loss_trains_from_the_cli_with_its_proxies_in_model_keras_only(tmp_path):
     """`train --loss arcface`: one proxy per class, trained, saved in model.keras, not in embedding.keras."""
-    import json
-
-    from siamese_k3 import cli
-    from toy import TINY, write_clustered_idx
-
-    write_clustered_idx(tmp_path / "data", train=80, test=40)
-    out = tmp_path / "arcface"
-    code = cli.main(["train", "--data-dir", str(tmp_path / "data"), "--out", str(out), "--loss", "arcface",
-                     "--loss-options", '{"scale": 16, "proxy_lr_multiplier": 5}', "--no-plots", *TINY])
-    assert code == 0
-    config = json.loads((out / "config.json").read_text())
+    config, out = _cli_run(tmp_path, "arcface", {"scale": 16, "proxy_lr_multiplier": 5})
     assert (config["loss"], config["distance"]) == ("arcface", "cosine")
     model = keras.saving.load_model(out / "model.keras")
     assert (model.proxies.num_classes, model.proxies.lr_multiplier) == (10, 5)

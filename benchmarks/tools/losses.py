@@ -65,7 +65,8 @@ PROXY_LOSSES = ("arcface", "cosface", "proxy_anchor")
 LOSSES = (*TRIPLET_LOSSES, *PML_LOSSES)
 SAMPLES_PER_CLASS = 4
 MARGINS = {"semi_hard": 1.0, "batch_all": 0.2}
-# float32 [B, B, B] tensors the textbook formulation keeps alive at once, and pml's boolean masks.
+# float32 [B, B, B] tensors the textbook formulation keeps alive at once, and pml's boolean masks (its triplet
+# miner's: the pair and proxy losses form no B³ tensor).
 CUBIC_TENSORS = {"textbook": 4 * 4, "pytorch_metric_learning": 3}
 
 
@@ -185,7 +186,7 @@ def _worker(args):
             continue
         row = {"backend": backend, "implementation": implementation, "loss": loss, "batch": size, "dim": args.dim,
                "device": measure.cpu_name()}  # fmt: skip
-        cubic_gib = CUBIC_TENSORS.get(implementation, 0) * size**3 / 2**30
+        cubic_gib = CUBIC_TENSORS.get(implementation, 0) * size**3 / 2**30 if loss in TRIPLET_LOSSES else 0.0
         if cubic_gib > args.max_cubic_gib:
             rows.append(dict(row, skipped=f"needs ~{cubic_gib:.0f} GiB of B³ tensors"))
             continue
