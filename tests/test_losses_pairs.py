@@ -305,3 +305,15 @@ def test_the_configs_option_table_is_each_loss_classes_signature():
             if table is PROXY_LOSS_OPTIONS:
                 expected |= {"proxy_lr_multiplier"}  # for the model's Proxies layer
             assert set(table[name]) == expected, name
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_bfloat16_embeddings_give_a_finite_float32_loss_near_float32s(name):
+    """Under mixed_bfloat16 a backbone outputs bfloat16: the loss upcasts, so it stays finite."""
+    function = REFERENCES[name][0]
+    labels, x = _batch()
+    rounded = ops.cast(ops.cast(x, "bfloat16"), "float32")
+    value = function(labels, ops.cast(x, "bfloat16"))
+    assert ops.dtype(value) == "float32" and math.isfinite(float(ops.convert_to_numpy(value)))
+    np.testing.assert_allclose(float(ops.convert_to_numpy(value)),
+                               float(ops.convert_to_numpy(function(labels, rounded))), rtol=1e-5)

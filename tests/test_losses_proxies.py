@@ -218,3 +218,15 @@ def test_the_lr_multiplier_scales_adams_step_on_the_proxies_not_their_start():
         model.fit(x, labels, batch_size=64, epochs=1, verbose=0)  # one Adam step: |Δ| ≈ lr · multiplier
         moves[multiplier] = np.abs(ops.convert_to_numpy(model.proxies.proxies) - start)
     np.testing.assert_allclose(moves[10.0], 10.0 * moves[1.0], rtol=1e-3, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(REFERENCES))
+def test_bfloat16_embeddings_give_a_finite_float32_loss_near_float32s(name):
+    """Under mixed_bfloat16 a backbone outputs bfloat16 and the proxies stay float32: the loss upcasts."""
+    function = REFERENCES[name][0]
+    labels, x, w = _batch()
+    rounded = ops.cast(ops.cast(x, "bfloat16"), "float32")
+    value = function(labels, ops.cast(x, "bfloat16"), w)
+    assert ops.dtype(value) == "float32" and math.isfinite(float(ops.convert_to_numpy(value)))
+    np.testing.assert_allclose(float(ops.convert_to_numpy(value)),
+                               float(ops.convert_to_numpy(function(labels, rounded, w))), rtol=1e-5)
