@@ -35,7 +35,7 @@ def current():
 def path_of(model):
     """The path `model` trains on: the running backend's, or keras' own (`fast_path.KERAS`) when the fast path is
     off for it, except under torch data-parallel training, whose gradient average lives in torch's own step."""
-    if getattr(model, "_fast_path", True) and keras_tested():
-        return current()
     backend = current()
+    if getattr(model, "_fast_path", True) and keras_tested():
+        return backend
     return backend if backend.needed_for_data_parallel() else KERAS

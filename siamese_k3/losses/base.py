@@ -19,7 +19,7 @@ import keras
 from keras import ops
 
 from siamese_k3.backend import distributed
-from siamese_k3.checks import check_distance, check_labels, check_margin
+from siamese_k3.checks import check_distance, check_labels, check_margin, check_positive_number
 from siamese_k3.distances import to_float32
 
 
@@ -52,13 +52,17 @@ def avg_non_zero(values, mask):
     return masked_mean(values, ops.logical_and(mask, values > 0))
 
 
+def largest_finite(x):
+    """A finite number near the largest of `x`'s dtype (float32 or float64): the value masked-out entries take."""
+    return ops.cast(3.0e38 if ops.dtype(x) == "float32" else 1.0e308, ops.dtype(x))
+
+
 def masked_logsumexp(x, mask, add_one=False, empty=0.0):
     """Per row i: log(Σ_{j: mask_ij} exp(x_ij)), plus 1 inside the log with `add_one`; `empty` where row i
     keeps nothing. Stable: the row's largest kept value (and 0 with `add_one`) is taken out first, without
     gradient (the result does not depend on it)."""
     any_kept = ops.any(mask, axis=1)
-    lowest = ops.cast(-3.0e38 if ops.dtype(x) == "float32" else -1.0e308, ops.dtype(x))
-    shift = ops.stop_gradient(ops.max(ops.where(mask, x, lowest), axis=1))
+    shift = ops.stop_gradient(ops.max(ops.where(mask, x, -largest_finite(x)), axis=1))
     shift = ops.where(any_kept, shift, 0.0)
     if add_one:
         shift = ops.relu(shift)
@@ -86,17 +90,26 @@ def keep_non_finite(value, witness):
     return value + 0.0 * witness
 
 
+# How a loss option is checked, by its name (every family's): a distance's name, a margin (a finite
+# number >= 0), or a scale (a finite number > 0). None (multi-similarity's epsilon: no miner) is not checked.
+OPTION_CHECKS = {
+    "distance": check_distance,
+    **dict.fromkeys(("margin", "pos_margin", "neg_margin", "base", "m", "epsilon"), check_margin),
+    **dict.fromkeys(("alpha", "beta", "gamma", "scale", "temperature"), check_positive_number),
+}
+
+
 class ConfiguredLoss(keras.losses.Loss):
-    """Stores keyword options (`get_config`) and forwards them to `self.loss_fn`; checks a margin and distance."""
+    """Stores keyword options (`get_config`) and forwards them to `self.loss_fn`; checks each by `OPTION_CHECKS`
+    when the loss is made, so a bad hyperparameter fails there, naming the option."""
 
     loss_fn = None
 
     def __init__(self, name, reduction="sum_over_batch_size", dtype=None, **options):
         super().__init__(name=name, reduction=reduction, dtype=dtype)
-        if "distance" in options:
-            check_distance(options["distance"])
-        if "margin" in options:
-            check_margin(options["margin"])
+        for option, value in options.items():
+            if option in OPTION_CHECKS and value is not None:
+                OPTION_CHECKS[option](value, option)
         self.options = options
 
     def get_config(self):

@@ -35,6 +35,7 @@ from siamese_k3.losses.base import (
     at_least_one,
     avg_non_zero,
     keep_non_finite,
+    largest_finite,
     masked_logsumexp,
     mean,
     pair_masks,
@@ -115,7 +116,7 @@ def multi_similarity_loss(labels, embeddings, alpha=2.0, beta=50.0, base=0.5, ep
 def _multi_similarity_pairs(similarities, positive, negative, epsilon):
     """The positive and negative masks that PML's `MultiSimilarityMiner(epsilon)` keeps (see the loss)."""
     fixed = ops.stop_gradient(similarities)
-    large = ops.cast(3.0e38 if fixed.dtype == "float32" else 1.0e308, fixed.dtype)
+    large = largest_finite(fixed)
     hardest_negative = ops.max(ops.where(negative, fixed, -large), axis=1, keepdims=True)
     easiest_positive = ops.min(ops.where(positive, fixed, large), axis=1, keepdims=True)
     hard_positive = ops.logical_and(positive, fixed - epsilon < hardest_negative)
@@ -198,8 +199,6 @@ class ContrastiveLoss(LabelledLoss):
 
     def __init__(self, pos_margin=0.0, neg_margin=1.0, distance="euclidean", normalize=True,
                  name="contrastive_loss", **kwargs):
-        check_margin(pos_margin, "pos_margin")
-        check_margin(neg_margin, "neg_margin")
         super().__init__(name=name, pos_margin=pos_margin, neg_margin=neg_margin, distance=distance,
                          normalize=normalize, **kwargs)
 
@@ -211,11 +210,6 @@ class MultiSimilarityLoss(LabelledLoss):
     loss_fn = staticmethod(multi_similarity_loss)
 
     def __init__(self, alpha=2.0, beta=50.0, base=0.5, epsilon=None, name="multi_similarity_loss", **kwargs):
-        check_positive_number(alpha, "alpha")
-        check_positive_number(beta, "beta")
-        check_margin(base, "base")
-        if epsilon is not None:
-            check_margin(epsilon, "epsilon")
         super().__init__(name=name, alpha=alpha, beta=beta, base=base, epsilon=epsilon, **kwargs)
 
 
@@ -226,8 +220,6 @@ class CircleLoss(LabelledLoss):
     loss_fn = staticmethod(circle_loss)
 
     def __init__(self, m=0.4, gamma=80.0, name="circle_loss", **kwargs):
-        check_margin(m, "m")
-        check_positive_number(gamma, "gamma")
         super().__init__(name=name, m=m, gamma=gamma, **kwargs)
 
 
@@ -238,7 +230,6 @@ class NTXentLoss(LabelledLoss):
     loss_fn = staticmethod(ntxent_loss)
 
     def __init__(self, temperature=0.07, name="ntxent_loss", **kwargs):
-        check_positive_number(temperature, "temperature")
         super().__init__(name=name, temperature=temperature, **kwargs)
 
 
@@ -249,5 +240,4 @@ class SupConLoss(LabelledLoss):
     loss_fn = staticmethod(supcon_loss)
 
     def __init__(self, temperature=0.1, name="supcon_loss", **kwargs):
-        check_positive_number(temperature, "temperature")
         super().__init__(name=name, temperature=temperature, **kwargs)

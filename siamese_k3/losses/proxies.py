@@ -32,7 +32,7 @@ from keras import ops
 from siamese_k3.checks import check_integer, check_labels, check_margin, check_positive_number
 from siamese_k3.distances import inner_products, l2_normalize, to_float32
 from siamese_k3.errors import SiameseK3Error
-from siamese_k3.losses.base import LabelledLoss, keep_non_finite, masked_logsumexp, mean, witness
+from siamese_k3.losses.base import LabelledLoss, at_least_one, keep_non_finite, masked_logsumexp, mean, witness
 
 __all__ = [
     "arcface_loss",
@@ -110,7 +110,7 @@ def proxy_anchor_loss(labels, embeddings, proxies, margin=0.1, alpha=32.0):
     positive = masked_logsumexp(-alpha * (by_class - margin), members, add_one=True)
     negative = masked_logsumexp(alpha * (by_class + margin), ops.logical_not(members), add_one=True)
     present = ops.sum(ops.cast(ops.any(members, axis=1), positive.dtype))
-    loss = ops.sum(positive) / ops.where(present < 1.0, 1.0, present) + mean(negative)
+    loss = ops.sum(positive) / at_least_one(present) + mean(negative)
     return keep_non_finite(loss, witness(embeddings))
 
 
@@ -164,21 +164,26 @@ class ProxyLoss(LabelledLoss):
     loss itself holds no variable and saves only its options.
     """
 
+    _proxies = None
+
     def bind(self, proxies):
         """Read the proxies of this `Proxies` layer (the model's) from now on; None: `SiameseK3Error`."""
-        if proxies is None:
+        self._proxies = proxies
+        self._bound()
+
+    def call(self, y_true, y_pred):
+        labels, embeddings = self.gather(y_true, y_pred)
+        return self.scaled(type(self).loss_fn(labels, embeddings, self._bound().proxies, **self.options))
+
+    def _bound(self):
+        """The bound `Proxies` layer; `SiameseK3Error` when there is none (the loss was not compiled into a model
+        with proxies)."""
+        if self._proxies is None:
             raise SiameseK3Error(
                 f"{type(self).__name__} trains one proxy per class, which live in the model: compile it into "
                 "siamese_k3.MiningModel(backbone, proxies=siamese_k3.Proxies(num_classes))."
             )
-        self._proxies = proxies
-
-    def call(self, y_true, y_pred):
-        layer = getattr(self, "_proxies", None)
-        if layer is None:
-            self.bind(None)
-        labels, embeddings = self.gather(y_true, y_pred)
-        return self.scaled(type(self).loss_fn(labels, embeddings, layer.proxies, **self.options))
+        return self._proxies
 
 
 @keras.saving.register_keras_serializable(package="siamese_k3")
@@ -188,8 +193,6 @@ class ArcFaceLoss(ProxyLoss):
     loss_fn = staticmethod(arcface_loss)
 
     def __init__(self, margin=28.6, scale=64.0, name="arcface_loss", **kwargs):
-        check_margin(margin)
-        check_positive_number(scale, "scale")
         super().__init__(name=name, margin=margin, scale=scale, **kwargs)
 
 
@@ -200,8 +203,6 @@ class CosFaceLoss(ProxyLoss):
     loss_fn = staticmethod(cosface_loss)
 
     def __init__(self, margin=0.35, scale=64.0, name="cosface_loss", **kwargs):
-        check_margin(margin)
-        check_positive_number(scale, "scale")
         super().__init__(name=name, margin=margin, scale=scale, **kwargs)
 
 
@@ -212,6 +213,4 @@ class ProxyAnchorLoss(ProxyLoss):
     loss_fn = staticmethod(proxy_anchor_loss)
 
     def __init__(self, margin=0.1, alpha=32.0, name="proxy_anchor_loss", **kwargs):
-        check_margin(margin)
-        check_positive_number(alpha, "alpha")
         super().__init__(name=name, margin=margin, alpha=alpha, **kwargs)

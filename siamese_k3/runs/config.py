@@ -21,7 +21,7 @@ from siamese_k3.checks import DISTANCES, MAX_SEED, check_choice, check_integer, 
 from siamese_k3.errors import SiameseK3Error
 
 # The pair losses (siamese_k3.losses.pairs) and the options each takes (`loss_options`), named here so that a
-# config is checked before keras is imported; tests/test_config.py holds them to the loss classes' signatures.
+# config is checked before keras is imported; tests/test_losses_pairs.py holds them to the loss classes' signatures.
 PAIR_LOSS_OPTIONS = {
     "contrastive": ("pos_margin", "neg_margin", "distance", "normalize"),
     "multi_similarity": ("alpha", "beta", "base", "epsilon"),
@@ -37,6 +37,10 @@ PROXY_LOSS_OPTIONS = {
 }
 MINING_LOSS_OPTIONS = {"semi_hard": ("normalize",), "batch_hard": ("soft", "normalize"), "batch_all": ("normalize",)}
 LOSSES = (*MINING_LOSS_OPTIONS, "triplet", *PAIR_LOSS_OPTIONS, *PROXY_LOSS_OPTIONS)
+LOSS_OPTIONS = {**MINING_LOSS_OPTIONS, **PAIR_LOSS_OPTIONS, **PROXY_LOSS_OPTIONS}
+# The losses that take none of the run's margin and distance, only their own options, and train directions
+# (cosine similarity): their runs rank by cosine unless a distance is given.
+OWN_OPTIONS_LOSSES = (*PAIR_LOSS_OPTIONS, *PROXY_LOSS_OPTIONS)
 DATASETS = ("fashion_mnist", "mnist")
 MIXED_PRECISION = ("mixed_bfloat16", "mixed_float16")
 PAIRS_PREFIX = "pairs:"
@@ -91,8 +95,7 @@ class TrainConfig:
         _check_dataset(self.dataset)
         check_choice(self.recipe, recipes.LABELLED, "recipe")
         defaults = recipes.defaults(self.recipe, pairs=self.pairs_dir is not None)
-        if self.distance is None and (self.loss or defaults["loss"]) in (*PAIR_LOSS_OPTIONS, *PROXY_LOSS_OPTIONS):
-            # the pair and proxy losses train directions (cosine similarity): rank by cosine
+        if self.distance is None and (self.loss or defaults["loss"]) in OWN_OPTIONS_LOSSES:
             object.__setattr__(self, "distance", "cosine")
         given_options = self.backbone_options
         for key, value in defaults.items():
@@ -186,7 +189,7 @@ class TrainConfig:
 def _check_loss_options(loss, options):
     if not isinstance(options, dict):
         raise SiameseK3Error(f"loss_options must be a dict of the loss's options, such as {{'alpha': 2.0}}, got {options!r}.")
-    allowed = {**MINING_LOSS_OPTIONS, **PAIR_LOSS_OPTIONS, **PROXY_LOSS_OPTIONS}.get(loss, ())
+    allowed = LOSS_OPTIONS.get(loss, ())
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         takes = f"it takes {', '.join(allowed)}" if allowed else "it takes none (margin and distance are options of the run)"

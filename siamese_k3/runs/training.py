@@ -33,9 +33,7 @@ from siamese_k3 import backbones, losses, precision
 from siamese_k3.runs import evaluation as run_evaluation
 from siamese_k3.backend import registry
 from siamese_k3.callbacks import PairValidation, RetrievalValidation, RunCheckpoint, StopOnNonFiniteLoss
-from siamese_k3.runs.config import PAIR_LOSS_OPTIONS, PROXY_LOSS_OPTIONS, TrainConfig
-
-OWN_OPTIONS = {**PAIR_LOSS_OPTIONS, **PROXY_LOSS_OPTIONS}  # the losses that take none of the run's margin
+from siamese_k3.runs.config import OWN_OPTIONS_LOSSES, PROXY_LOSS_OPTIONS, TrainConfig
 from siamese_k3.data import ClassBalancedBatches, TripletBatches
 from siamese_k3.errors import NonFiniteLossError, PeerTimeoutError, SiameseK3Error
 from siamese_k3.runs.interrupts import stop_on_signals
@@ -326,7 +324,7 @@ def _model_and_batches(backbone, data, config):
     )
     options = dict(margin=config.margin, distance=config.distance)
     # a mining loss takes the run's margin and distance; a pair or proxy loss its own options only (losses/)
-    loss_options = dict(config.loss_options) if config.loss in OWN_OPTIONS else {**options, **config.loss_options}
+    loss_options = dict(config.loss_options) if config.loss in OWN_OPTIONS_LOSSES else {**options, **config.loss_options}
     proxies = None
     if config.loss in PROXY_LOSS_OPTIONS:  # one proxy per class, trained and saved with the model
         classes = int(np.max(data["y_train"])) + 1
